@@ -1,0 +1,90 @@
+"""The ``robustlab`` command line.
+
+Each command lives in its own module ``robustlab.cli.<command>`` exposing
+``register(subparsers) -> None`` (adds its parser and sets ``func=run``) and
+``run(args) -> int``. Modules import torch and friends lazily inside ``run`` so that
+``robustlab --help`` stays instant. User errors (``UserError``) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from robustlab.errors import UserError
+
+COMMANDS = ("data", "models", "train", "evaluate", "attack", "report", "run")
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 with usage on bad arguments; keep that, but as one line of error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"robustlab: error: {message} (see '{self.prog} --help')\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="robustlab", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"robustlab.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"robustlab.cli.{name}":
+                raise
+            continue  # command not built yet
+        module.register(subparsers)
+    return parser
+
+
+TCMALLOC_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
+    "/usr/lib64/libtcmalloc_minimal.so.4",
+)
+
+
+def _reexec_with_tcmalloc() -> None:
+    """Restart this process with tcmalloc preloaded, as PyTorch's own CPU launcher does.
+
+    glibc malloc page-faults on the large short-lived tensors of convolutions; tcmalloc made
+    CPU training and attacks up to 3x faster here. ``ROBUSTLAB_TCMALLOC=0`` turns this off.
+    """
+    if os.environ.get("ROBUSTLAB_TCMALLOC", "1") == "0":
+        return
+    preload = os.environ.get("LD_PRELOAD", "")
+    if "tcmalloc" in preload:
+        return
+    library = next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
+    if library is None:
+        return
+    env = dict(os.environ, LD_PRELOAD=f"{library}:{preload}" if preload else library)
+    os.execve(sys.executable, [sys.executable, "-m", "robustlab", *sys.argv[1:]], env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. ``argv=None`` means a real process: it may restart itself under tcmalloc."""
+    if argv is None:
+        _reexec_with_tcmalloc()
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UserError as error:
+        print(f"robustlab: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("robustlab: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,0 +1,93 @@
+"""``robustlab train``: build a classifier by transfer learning and save it as a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from robustlab.cli.common import (
+    add_data_args,
+    add_model_args,
+    data_spec_from,
+    model_spec_from,
+    show_progress,
+)
+from robustlab.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a classifier (frozen / finetune / scratch) and save it",
+        description="Train a classifier and write RUN_DIR (model.safetensors, config.json, "
+        "history.json). Run the same command again after a crash to resume.",
+    )
+    add_data_args(parser)
+    add_model_args(parser)
+    group = parser.add_argument_group("training")
+    group.add_argument("--strategy", default="frozen", help="frozen | finetune | scratch")
+    group.add_argument("--optimizer", default="rmsprop", help="rmsprop | adam | sgd")
+    group.add_argument("--lr", type=float, default=1e-4)
+    group.add_argument("--epochs", type=int, default=10)
+    group.add_argument("--batch-size", type=int, default=32)
+    group.add_argument("--patience", type=int, default=None, help="early stopping on val accuracy")
+    group.add_argument("--head-epochs", type=int, default=2, help="finetune: head-only epochs first")
+    group.add_argument("--unfreeze", default="all", help="finetune: 'all' or the last k blocks")
+    group.add_argument("--finetune-lr-factor", type=float, default=0.1)
+    group.add_argument("--weight-decay", type=float, default=0.0)
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--defence", default=None, help="adversarial defence (see --defence list)")
+    group.add_argument(
+        "--defence-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="defence setting, repeatable (e.g. eps=8/255, multiplier=0.2)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from robustlab.training import TrainConfig, train_run
+
+    config = TrainConfig(
+        strategy=args.strategy,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        patience=args.patience,
+        weight_decay=args.weight_decay,
+        head_epochs=args.head_epochs,
+        unfreeze=args.unfreeze,
+        finetune_lr_factor=args.finetune_lr_factor,
+    )
+    data, model = data_spec_from(args), model_spec_from(args)
+    objective, defence = None, None
+    if args.defence:
+        from robustlab.defences import build_defence
+
+        objective, defence = build_defence(args.defence, args.defence_opt)
+    out: Path = args.out
+    _prepare_run_dir(out, args.overwrite)
+    metrics = train_run(
+        out, data, model, config, objective=objective, defence=defence,
+        data_dir=args.data_dir, progress=show_progress(),
+    )
+    print(json.dumps({"run_dir": str(out), **metrics}, indent=1))
+    return 0
+
+
+def _prepare_run_dir(out: Path, overwrite: bool) -> None:
+    """A finished run is never clobbered by accident; an unfinished one is resumed."""
+    if (out / "model.safetensors").exists():
+        if not overwrite:
+            raise UserError(f"{out} already holds a trained model; pass --overwrite to replace it")
+        shutil.rmtree(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")

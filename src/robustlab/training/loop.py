@@ -1,0 +1,320 @@
+"""The training loop: strategies frozen / finetune / scratch, early stopping, exact resume.
+
+Reading order: ``fit`` plans the phases of a run (head-only on cached features, then the full
+model on pixels), and runs each epoch through ``_run_epoch``. Every epoch's randomness is a
+function of (seed, epoch), and the whole training state is saved atomically after each epoch,
+so a run killed at any point and started again ends with bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robustlab.errors import UserError
+from robustlab.io import atomic_path
+from robustlab.training.config import TrainConfig
+from robustlab.training.modes import eval_mode, freeze, set_train_mode
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "train_state.pt"
+
+
+class Objective(Protocol):
+    """Turns one training batch into a scalar loss; defences plug in here.
+
+    Called with the model already in train mode (frozen BatchNorm kept in eval). An objective
+    that crafts adversarial examples should do so under ``eval_mode(model)``.
+    """
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor: ...
+
+
+def cross_entropy_objective(model: nn.Module, x: Tensor, y: Tensor, epoch: int) -> Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of epochs with one set of trainable parameters and one optimiser."""
+
+    name: str  # "head" (cached features) or "full" (pixels)
+    first_epoch: int
+    last_epoch: int  # inclusive
+    lr: float
+    trainable: str  # "head", "all" or a number of last backbone blocks
+
+
+def plan_phases(config: TrainConfig, cache_features: bool) -> list[Phase]:
+    """The phases a strategy runs, in order (epochs are numbered from 1)."""
+    last = config.epochs
+    if config.strategy == "scratch":
+        return [Phase("full", 1, last, config.lr, "all")]
+    if config.strategy == "frozen":
+        return [Phase("head" if cache_features else "full", 1, last, config.lr, "head")]
+    # finetune: the new head first (on cached features when possible), then the backbone too.
+    head_end = config.head_epochs
+    phases = []
+    if head_end:
+        phases.append(Phase("head" if cache_features else "full", 1, head_end, config.lr, "head"))
+    phases.append(
+        Phase("full", head_end + 1, last, config.lr * config.finetune_lr_factor, config.unfreeze)
+    )
+    return phases
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[Tensor, Tensor],
+    val: tuple[Tensor, Tensor],
+    config: TrainConfig,
+    objective: Objective | None = None,
+    *,
+    state_dir: str | Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Train ``model`` in place and return the per-epoch history.
+
+    train, val: ``(images, labels)`` with images (N, C, H, W) float32 in [0, 1].
+    objective: the loss of one batch; plain cross-entropy when None. Feature caching for the
+        head-only phases is used only with plain cross-entropy (a defence needs pixels).
+    state_dir: where the resumable training state is saved after every epoch; a run started
+        again with the same arguments continues from the last finished epoch.
+    """
+    _check_data("train", *train)
+    _check_data("val", *val)
+    cache_features = objective is None and hasattr(model, "features") and hasattr(model, "head")
+    objective = objective or cross_entropy_objective
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    phases = plan_phases(config, cache_features)
+
+    state = _load_state(state_dir)
+    history: list[dict[str, Any]] = state["history"] if state else []
+    best = state["best"] if state else {"accuracy": -1.0, "epoch": 0, "weights": None}
+    if state:
+        model.load_state_dict(state["model"])
+        log.info("resuming after epoch %d from %s", len(history), state_dir)
+
+    cached: dict[str, tuple[Tensor, Tensor]] = {}
+    for phase in phases:
+        if len(history) >= phase.last_epoch or _stopped_early(history, best, config):
+            continue
+        _set_trainable(model, phase.trainable)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _make_optimizer(params, config, phase.lr)
+        if state and state["phase"] == phase.name and len(history) >= phase.first_epoch:
+            optimizer.load_state_dict(state["optimizer"])
+        if phase.name == "head" and not cached:
+            cached = {
+                "train": (_extract_features(model, train[0], config), train[1]),
+                "val": (_extract_features(model, val[0], config), val[1]),
+            }
+        data = cached if phase.name == "head" else {"train": train, "val": val}
+        for epoch in range(max(phase.first_epoch, len(history) + 1), phase.last_epoch + 1):
+            record = _run_epoch(model, phase, epoch, data, optimizer, objective, config, progress)
+            history.append(record)
+            if record["val_accuracy"] > best["accuracy"]:
+                best = {"accuracy": record["val_accuracy"], "epoch": epoch, "weights": None}
+                if config.patience is not None:
+                    best["weights"] = copy.deepcopy(model.state_dict())
+            _save_state(state_dir, model, optimizer, phase, history, best)
+            if _stopped_early(history, best, config):
+                log.info("early stop: no val improvement since epoch %d", best["epoch"])
+                break
+
+    if config.patience is not None and best["weights"] is not None:
+        model.load_state_dict(best["weights"])
+    freeze(model, False)
+    model.eval()
+    return history
+
+
+def _stopped_early(history: list[dict[str, Any]], best: dict[str, Any], config: TrainConfig) -> bool:
+    return config.patience is not None and len(history) - best["epoch"] >= config.patience
+
+
+def _run_epoch(
+    model: nn.Module,
+    phase: Phase,
+    epoch: int,
+    data: dict[str, tuple[Tensor, Tensor]],
+    optimizer: torch.optim.Optimizer,
+    objective: Objective,
+    config: TrainConfig,
+    progress: bool,
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    seed = config.seed * 100_003 + epoch
+    torch.manual_seed(seed)  # dropout, random starts of attacks: a function of (seed, epoch)
+    order = torch.randperm(len(data["train"][1]), generator=torch.Generator().manual_seed(seed))
+    head_only = phase.name == "head"
+
+    def step_loss(x: Tensor, y: Tensor) -> Tensor:
+        if head_only:
+            return F.cross_entropy(model.head(x), y)
+        return objective(model, x, y, epoch)
+
+    set_train_mode(model)
+    if head_only:
+        model.head.train()
+    total_loss, seen = 0.0, 0
+    batches = _batches(*data["train"], config.batch_size, order, config.channels_last)
+    n_batches = math.ceil(len(order) / config.batch_size)
+    bar = tqdm(
+        batches, total=n_batches, desc=f"epoch {epoch}/{config.epochs} {phase.name}",
+        disable=not progress, leave=False, unit="batch",
+    )
+    for x, y in bar:
+        optimizer.zero_grad(set_to_none=True)
+        loss = step_loss(x, y)
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"training diverged at epoch {epoch} (loss is {loss.item()}); lower --lr"
+            )
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(y)
+        seen += len(y)
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+
+    forward = model.head if head_only else model
+    train_loss, train_acc = _score(forward, *data["train"], config)
+    val_loss, val_acc = _score(forward, *data["val"], config)
+    record = {
+        "epoch": epoch,
+        "phase": phase.name,
+        "lr": phase.lr,
+        "objective_loss": total_loss / max(seen, 1),
+        "train_loss": train_loss,
+        "train_accuracy": train_acc,
+        "val_loss": val_loss,
+        "val_accuracy": val_acc,
+        "seconds": time.perf_counter() - start,
+    }
+    log.info(
+        "epoch %d/%d %s: loss %.4f, train acc %.4f, val acc %.4f (%.1fs)",
+        epoch, config.epochs, phase.name, record["objective_loss"], train_acc, val_acc,
+        record["seconds"],
+    )
+    return record
+
+
+def _batches(
+    inputs: Tensor, labels: Tensor, batch_size: int, order: Tensor | None, channels_last: bool
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Yield (x, y) mini-batches in ``order`` (or in sequence), images in channels_last."""
+    n = len(labels)
+    for start in range(0, n, batch_size):
+        index = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
+        x = inputs[index]
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, labels[index]
+
+
+@torch.no_grad()
+def _score(
+    forward: nn.Module, inputs: Tensor, labels: Tensor, config: TrainConfig
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``forward`` in eval mode."""
+    total_loss, correct = 0.0, 0
+    with eval_mode(forward):
+        for x, y in _batches(inputs, labels, config.eval_batch_size, None, config.channels_last):
+            logits = forward(x)
+            total_loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+    return total_loss / len(labels), correct / len(labels)
+
+
+@torch.no_grad()
+def _extract_features(model: nn.Module, images: Tensor, config: TrainConfig) -> Tensor:
+    """Backbone features of every image, computed once: extra head epochs cost only the head."""
+    with eval_mode(model):
+        chunks = [
+            model.features(x)
+            for x, _ in _batches(images, images.new_zeros(len(images)), config.eval_batch_size, None, config.channels_last)
+        ]
+    return torch.cat(chunks) if chunks else images.new_zeros((0, 0))
+
+
+def _set_trainable(model: nn.Module, trainable: str) -> None:
+    """Freeze everything, then unfreeze the head and the requested part of the backbone."""
+    freeze(model, True)
+    freeze(model.head if hasattr(model, "head") else model, False)
+    if trainable == "all" or not hasattr(model, "head"):
+        freeze(model, False)
+    elif trainable.isdigit():
+        for block in model.blocks()[-int(trainable) :]:
+            freeze(block, False)
+
+
+def _make_optimizer(params: list[nn.Parameter], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True
+        )
+    # Keras' RMSprop defaults (rho 0.9, eps 1e-7), as in the leaf study.
+    return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, weight_decay=config.weight_decay)
+
+
+def _check_data(split: str, images: Tensor, labels: Tensor) -> None:
+    if images.dim() != 4 or len(images) != len(labels):
+        raise UserError(
+            f"{split} data must be images (N, C, H, W) with N labels, got {tuple(images.shape)} "
+            f"and {len(labels)} labels"
+        )
+    if len(labels) == 0:
+        raise UserError(f"the {split} split is empty")
+
+
+def _save_state(
+    state_dir: str | Path | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    phase: Phase,
+    history: list[dict[str, Any]],
+    best: dict[str, Any],
+) -> None:
+    """One file, replaced atomically: a kill at any moment leaves the last complete epoch."""
+    if state_dir is None:
+        return
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "phase": phase.name,
+        "history": history,
+        "best": best,
+    }
+    with atomic_path(Path(state_dir) / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_state(state_dir: str | Path | None) -> dict[str, Any] | None:
+    if state_dir is None or not (Path(state_dir) / STATE_FILE).exists():
+        return None
+    path = Path(state_dir) / STATE_FILE
+    try:
+        # weights_only: tensors, numbers, strings and containers only; no code can run.
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise UserError(f"training state {path} is corrupt ({error}); delete it to start over") from None
+
+
+def clear_state(state_dir: str | Path) -> None:
+    """Remove the resumable state once a run's final outputs are written."""
+    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)

@@ -1,0 +1,104 @@
+"""One training run, end to end: data -> model -> fit -> score -> run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from robustlab.data import DataSpec, load_splits
+from robustlab.io import write_json
+from robustlab.models import ModelSpec, create_model, save_checkpoint
+from robustlab.training.config import TrainConfig
+from robustlab.training.loop import Objective, clear_state, fit
+from robustlab.training.modes import eval_mode
+
+log = logging.getLogger(__name__)
+
+
+def complete_specs(data: DataSpec, model: ModelSpec) -> tuple[DataSpec, ModelSpec]:
+    """Pretrained RGB backbones get RGB input: grey data sets are expanded to 3 channels."""
+    if model.pretrained is not None and data.channels is None:
+        data = dataclasses.replace(data, channels=model.in_chans)
+    return data, model
+
+
+def train_run(
+    run_dir: str | Path,
+    data: DataSpec,
+    model_spec: ModelSpec,
+    config: TrainConfig,
+    *,
+    objective: Objective | None = None,
+    defence: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a classifier and write ``RUN_DIR`` (weights, config, history); return its metrics.
+
+    ``model_spec.num_classes``, ``in_chans`` and ``input_size`` are taken from the data.
+    ``objective``/``defence``: a defence's training loss and its JSON-able settings, if any.
+    Started again after a crash, the run resumes from its last finished epoch.
+    """
+    run_dir = Path(run_dir)
+    data, model_spec = complete_specs(data, model_spec)
+    splits = load_splits(data, data_dir)
+    channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
+    model_spec = dataclasses.replace(
+        model_spec, num_classes=len(splits.train.classes), in_chans=channels, input_size=size
+    )
+    torch.manual_seed(config.seed)
+    model = create_model(model_spec)
+
+    start = time.perf_counter()
+    history = fit(
+        model,
+        (splits.train.images, splits.train.labels),
+        (splits.val.images, splits.val.labels),
+        config,
+        objective,
+        state_dir=run_dir,
+        progress=progress,
+    )
+    metrics = {
+        f"{name}_accuracy": accuracy(model, split.images, split.labels, config.eval_batch_size)
+        for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    }
+    metrics |= {"epochs_run": len(history), "seconds": round(time.perf_counter() - start, 2)}
+    write_json(run_dir / "history.json", history)
+    save_checkpoint(
+        run_dir,
+        model,
+        {
+            "classes": list(splits.train.classes),
+            "data": dataclasses.asdict(data),
+            "data_info": splits.info(),
+            "train": config.to_dict(),
+            "defence": defence,
+            "metrics": metrics,
+        },
+    )
+    clear_state(run_dir)
+    log.info(
+        "%s: test accuracy %.4f (val %.4f) after %d epochs, %.0fs -> %s",
+        model_spec.arch, metrics["test_accuracy"], metrics["val_accuracy"], len(history),
+        metrics["seconds"], run_dir,
+    )
+    return metrics
+
+
+@torch.no_grad()
+def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> float:
+    """Top-1 accuracy of ``model`` on [0, 1] images, in eval mode."""
+    if len(labels) == 0:
+        return float("nan")
+    correct = 0
+    with eval_mode(model):
+        for start in range(0, len(labels), batch_size):
+            logits = model(images[start : start + batch_size])
+            correct += (logits.argmax(1) == labels[start : start + batch_size]).sum().item()
+    return correct / len(labels)
