@@ -1,12 +1,14 @@
 """Atomic file output: a result is either fully written or not there at all.
 
 Every writer goes through ``atomic_path``: write to a temporary file in the same directory,
-flush it to disk, then ``os.replace`` it over the destination (atomic on POSIX).
+flush it to disk, then ``os.replace`` it over the destination (atomic on POSIX). A failed write
+(full disk, no permission) removes the temporary file and raises one ``UserError`` line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -34,9 +36,35 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except OSError as error:
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {path}: {error.strerror or error}") from error
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, Exception) and _disk_full(error, path.parent):
+            raise UserError(f"could not write {path}: {os.strerror(errno.ENOSPC)}") from error
         raise
+
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def _disk_full(error: BaseException, folder: Path) -> bool:
+    """Whether a writer's non-``OSError`` failure is a full disk.
+
+    Writers implemented in C++/Rust (``torch.save``, safetensors' ``save_file``) report a full
+    disk as ``RuntimeError``/``SafetensorError``; look for the errno in the exception chain or its
+    text, then at the file system itself.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if getattr(seen, "errno", None) in _FULL_ERRNOS:
+            return True
+        text = str(seen)
+        if os.strerror(errno.ENOSPC) in text or "os error 28" in text:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except (OSError, AttributeError):  # no statvfs on Windows
+        return False
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -4,6 +4,10 @@ Each command lives in its own module ``robustlab.cli.<command>`` exposing
 ``register(subparsers) -> None`` (adds its parser and sets ``func=run``) and
 ``run(args) -> int``. Modules import torch and friends lazily inside ``run`` so that
 ``robustlab --help`` stays instant. User errors (``UserError``) print one line and exit 2.
+
+Scale-out: under ``torchrun`` (or ``robustlab --nproc N``, which re-launches the command that
+way) a command that sets ``distributed=True`` in its parser defaults joins the process group and
+shares the work; any other command runs on rank 0 alone while the other ranks exit at once.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="robustlab", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--nproc",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the command as N local processes under torch.distributed.run (torchrun); "
+        "for multi-node runs call torchrun yourself (docs/DISTRIBUTED.md)",
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         try:
@@ -73,13 +85,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:
         _reexec_with_tcmalloc()
     args = build_parser().parse_args(argv)
+    launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # started by torchrun
+    rank = int(os.environ.get("RANK", "0")) if launched else 0
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        # the other ranks repeat rank 0's progress: only their warnings are worth showing
+        level=logging.WARNING if rank else logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     try:
+        if args.nproc is not None and not launched:
+            from robustlab.distributed import launch, strip_nproc
+
+            return launch(args.nproc, strip_nproc(sys.argv[1:] if argv is None else argv))
+        if launched and not getattr(args, "distributed", False):
+            if rank:
+                return 0  # a one-process command: rank 0 alone runs it
+            logging.getLogger(__name__).warning(
+                "'robustlab %s' runs on one process; the other ranks stay idle", args.command
+            )
+            return int(args.func(args) or 0)
+        if launched:
+            return _run_distributed(args)
         return int(args.func(args) or 0)
     except UserError as error:
+        if launched and _left_for_launcher(str(error)):
+            return EXIT_USER_ERROR
         print(f"robustlab: error: {error}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
@@ -88,3 +118,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _run_distributed(args: argparse.Namespace) -> int:
+    from robustlab import distributed
+
+    distributed.init_from_env()
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        distributed.shutdown()
+
+
+def _left_for_launcher(message: str) -> bool:
+    from robustlab.distributed import report_user_error
+
+    return report_user_error(message)

@@ -48,10 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, distributed=True)  # DDP under torchrun / --nproc
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab import distributed
     from robustlab.training import TrainConfig, train_run
 
     config = TrainConfig(
@@ -74,12 +75,15 @@ def run(args: argparse.Namespace) -> int:
 
         objective, defence = build_defence(args.defence, args.defence_opt)
     out: Path = args.out
-    _prepare_run_dir(out, args.overwrite)
+    if distributed.is_main():
+        _prepare_run_dir(out, args.overwrite)
+    distributed.barrier()
     metrics = train_run(
         out, data, model, config, objective=objective, defence=defence,
         data_dir=args.data_dir, progress=show_progress(),
     )
-    print(json.dumps({"run_dir": str(out), **metrics}, indent=1))
+    if distributed.is_main():
+        print(json.dumps({"run_dir": str(out), **metrics}, indent=1))
     return 0
 
 

@@ -4,11 +4,18 @@ Reading order: ``fit`` plans the phases of a run (head-only on cached features, 
 model on pixels), and runs each epoch through ``_run_epoch``. Every epoch's randomness is a
 function of (seed, epoch), and the whole training state is saved atomically after each epoch,
 so a run killed at any point and started again ends with bit-identical weights.
+
+Under torchrun (``robustlab.distributed``) the same code trains with DistributedDataParallel:
+each global batch of ``batch_size`` (the single-process batch) is split across the ranks and the
+gradients averaged, weighted by each rank's share, so every optimiser step equals the
+single-process step up to float rounding (BatchNorm excepted: it sees each rank's sub-batch).
+Scoring and feature caching are sharded by chunks and gathered; only rank 0 writes the state.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import time
@@ -22,8 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from robustlab import distributed
 from robustlab.errors import UserError
-from robustlab.io import atomic_path
+from robustlab.io import write_bytes
 from robustlab.training.config import TrainConfig
 from robustlab.training.modes import eval_mode, freeze, set_train_mode
 
@@ -101,7 +109,8 @@ def fit(
         model.to(memory_format=torch.channels_last)
     phases = plan_phases(config, cache_features)
 
-    state = _load_state(state_dir)
+    # rank 0 reads the state (state_dir need not be shared by every node) and hands it round
+    state = distributed.broadcast_object(_load_state(state_dir) if distributed.is_main() else None)
     history: list[dict[str, Any]] = state["history"] if state else []
     best = state["best"] if state else {"accuracy": -1.0, "epoch": 0, "weights": None}
     if state:
@@ -123,8 +132,12 @@ def fit(
                 "val": (_extract_features(model, val[0], config), val[1]),
             }
         data = cached if phase.name == "head" else {"train": train, "val": val}
+        # wrapped per phase: DDP records which parameters train when it is built
+        trained = distributed.wrap_ddp(model.head if phase.name == "head" else model)
         for epoch in range(max(phase.first_epoch, len(history) + 1), phase.last_epoch + 1):
-            record = _run_epoch(model, phase, epoch, data, optimizer, objective, config, progress)
+            record = _run_epoch(
+                model, trained, phase, epoch, data, optimizer, objective, config, progress
+            )
             history.append(record)
             if record["val_accuracy"] > best["accuracy"]:
                 best = {"accuracy": record["val_accuracy"], "epoch": epoch, "weights": None}
@@ -148,6 +161,7 @@ def _stopped_early(history: list[dict[str, Any]], best: dict[str, Any], config: 
 
 def _run_epoch(
     model: nn.Module,
+    trained: nn.Module,
     phase: Phase,
     epoch: int,
     data: dict[str, tuple[Tensor, Tensor]],
@@ -156,16 +170,21 @@ def _run_epoch(
     config: TrainConfig,
     progress: bool,
 ) -> dict[str, Any]:
+    """One epoch of updates, then scores. ``trained`` is what the updates run through: the
+    model (or its head, on cached features), DDP-wrapped when distributed."""
     start = time.perf_counter()
     seed = config.seed * 100_003 + epoch
-    torch.manual_seed(seed)  # dropout, random starts of attacks: a function of (seed, epoch)
+    rank = distributed.rank()
+    # dropout, random starts of attacks: a function of (seed, epoch), and of the rank
+    torch.manual_seed(seed if rank == 0 else distributed.chunk_seed(seed, rank))
+    # the same permutation on every rank: each takes its share of every global batch
     order = torch.randperm(len(data["train"][1]), generator=torch.Generator().manual_seed(seed))
     head_only = phase.name == "head"
 
     def step_loss(x: Tensor, y: Tensor) -> Tensor:
         if head_only:
-            return F.cross_entropy(model.head(x), y)
-        return objective(model, x, y, epoch)
+            return F.cross_entropy(trained(x), y)
+        return objective(trained, x, y, epoch)
 
     set_train_mode(model)
     if head_only:
@@ -175,24 +194,29 @@ def _run_epoch(
     n_batches = math.ceil(len(order) / config.batch_size)
     bar = tqdm(
         batches, total=n_batches, desc=f"epoch {epoch}/{config.epochs} {phase.name}",
-        disable=not progress, leave=False, unit="batch",
+        disable=not progress or not distributed.is_main(), leave=False, unit="batch",
     )
     for x, y in bar:
         optimizer.zero_grad(set_to_none=True)
+        x, y, weight = _rank_share(x, y)
         loss = step_loss(x, y)
         if not torch.isfinite(loss):
             raise UserError(
                 f"training diverged at epoch {epoch} (loss is {loss.item()}); lower --lr"
             )
-        loss.backward()
+        # DDP averages gradients over ranks: weighting by share makes that the global mean
+        (loss if weight == 1.0 else loss * weight).backward()
         optimizer.step()
-        total_loss += loss.item() * len(y)
-        seen += len(y)
-        bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        if weight:
+            total_loss += loss.item() * len(y)
+            seen += len(y)
+        bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
+    distributed.sync_buffers(model)  # rank 0's BatchNorm statistics are the ones saved
 
     forward = model.head if head_only else model
     train_loss, train_acc = _score(forward, *data["train"], config)
     val_loss, val_acc = _score(forward, *data["val"], config)
+    total_loss, seen = distributed.all_reduce_sum([total_loss, seen])
     record = {
         "epoch": epoch,
         "phase": phase.name,
@@ -212,41 +236,66 @@ def _run_epoch(
     return record
 
 
+def _rank_share(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
+    """This rank's part of a global batch and its loss weight ``world * part / batch``.
+
+    One process: the whole batch, weight 1. A rank whose part is empty (a last batch smaller
+    than the world) still steps, on one sample with weight 0, or DDP would wait for it forever.
+    """
+    world = distributed.world_size()
+    if world == 1:
+        return x, y, 1.0
+    index = torch.tensor_split(torch.arange(len(y)), world)[distributed.rank()]
+    if len(index) == 0:
+        return x[:1], y[:1], 0.0
+    return x[index], y[index], world * len(index) / len(y)
+
+
 def _batches(
-    inputs: Tensor, labels: Tensor, batch_size: int, order: Tensor | None, channels_last: bool
+    inputs: Tensor, labels: Tensor, batch_size: int, order: Tensor, channels_last: bool
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (x, y) mini-batches in ``order`` (or in sequence), images in channels_last."""
-    n = len(labels)
-    for start in range(0, n, batch_size):
-        index = order[start : start + batch_size] if order is not None else slice(start, start + batch_size)
-        x = inputs[index]
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        yield x, labels[index]
+    """Yield (x, y) mini-batches in ``order``, images in channels_last."""
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        yield _layout(inputs[index], channels_last), labels[index]
+
+
+def _layout(x: Tensor, channels_last: bool) -> Tensor:
+    """Images (B, C, H, W) in channels_last when asked (features (B, F) stay as they are)."""
+    if channels_last and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 @torch.no_grad()
 def _score(
     forward: nn.Module, inputs: Tensor, labels: Tensor, config: TrainConfig
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``forward`` in eval mode."""
+    """Mean cross-entropy and accuracy of ``forward`` in eval mode (sharded over ranks)."""
     total_loss, correct = 0.0, 0
     with eval_mode(forward):
-        for x, y in _batches(inputs, labels, config.eval_batch_size, None, config.channels_last):
+        for part in distributed.shard_chunks(len(labels), config.eval_batch_size):
+            x, y = _layout(inputs[part], config.channels_last), labels[part]
             logits = forward(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
+    total_loss, correct = distributed.all_reduce_sum([total_loss, correct])
     return total_loss / len(labels), correct / len(labels)
 
 
 @torch.no_grad()
 def _extract_features(model: nn.Module, images: Tensor, config: TrainConfig) -> Tensor:
-    """Backbone features of every image, computed once: extra head epochs cost only the head."""
+    """Backbone features of every image, computed once: extra head epochs cost only the head.
+
+    Sharded by chunks over ranks and gathered: every rank gets all features, bit-identical to
+    one process computing them alone.
+    """
+
+    def features(part: slice) -> Tensor:
+        return model.features(_layout(images[part], config.channels_last))
+
     with eval_mode(model):
-        chunks = [
-            model.features(x)
-            for x, _ in _batches(images, images.new_zeros(len(images)), config.eval_batch_size, None, config.channels_last)
-        ]
+        chunks = distributed.map_chunks(features, len(images), config.eval_batch_size)
     return torch.cat(chunks) if chunks else images.new_zeros((0, 0))
 
 
@@ -291,7 +340,7 @@ def _save_state(
     best: dict[str, Any],
 ) -> None:
     """One file, replaced atomically: a kill at any moment leaves the last complete epoch."""
-    if state_dir is None:
+    if state_dir is None or not distributed.is_main():
         return
     state = {
         "model": model.state_dict(),
@@ -300,8 +349,11 @@ def _save_state(
         "history": history,
         "best": best,
     }
-    with atomic_path(Path(state_dir) / STATE_FILE) as tmp:
-        torch.save(state, tmp)
+    # serialised in memory, then written by Python: a full disk is an OSError (a UserError)
+    # rather than torch's RuntimeError from deep in its C++ writer
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_bytes(Path(state_dir) / STATE_FILE, buffer.getvalue())
 
 
 def _load_state(state_dir: str | Path | None) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from robustlab import distributed
 from robustlab.data import DataSpec, load_splits
 from robustlab.io import write_json
 from robustlab.models import ModelSpec, create_model, save_checkpoint
@@ -43,6 +44,7 @@ def train_run(
     ``model_spec.num_classes``, ``in_chans`` and ``input_size`` are taken from the data.
     ``objective``/``defence``: a defence's training loss and its JSON-able settings, if any.
     Started again after a crash, the run resumes from its last finished epoch.
+    Under torchrun every rank trains (DDP) and only rank 0 writes ``RUN_DIR``.
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
@@ -69,20 +71,22 @@ def train_run(
         for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test))
     }
     metrics |= {"epochs_run": len(history), "seconds": round(time.perf_counter() - start, 2)}
-    write_json(run_dir / "history.json", history)
-    save_checkpoint(
-        run_dir,
-        model,
-        {
-            "classes": list(splits.train.classes),
-            "data": dataclasses.asdict(data),
-            "data_info": splits.info(),
-            "train": config.to_dict(),
-            "defence": defence,
-            "metrics": metrics,
-        },
-    )
-    clear_state(run_dir)
+    if distributed.is_main():
+        write_json(run_dir / "history.json", history)
+        save_checkpoint(
+            run_dir,
+            model,
+            {
+                "classes": list(splits.train.classes),
+                "data": dataclasses.asdict(data),
+                "data_info": splits.info(),
+                "train": config.to_dict(),
+                "defence": defence,
+                "metrics": metrics,
+            },
+        )
+        clear_state(run_dir)
+    distributed.barrier()  # the run directory is complete before any rank moves on
     log.info(
         "%s: test accuracy %.4f (val %.4f) after %d epochs, %.0fs -> %s",
         model_spec.arch, metrics["test_accuracy"], metrics["val_accuracy"], len(history),

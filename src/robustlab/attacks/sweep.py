@@ -1,0 +1,253 @@
+"""Epsilon sweeps: adversarials and per-sample success for a list of epsilons in one call.
+
+Semantics (``worst_case=True``, the default): a sample's robustness at ``eps_k`` is the worst
+case over every ball of radius ``<= eps_k``, the clean image (eps = 0) included. Epsilons are
+processed in ascending order; a sample fooled at a smaller epsilon is not attacked again, and
+its adversarial (which lies inside every larger ball) is carried to the larger epsilons. This
+is the usual way to report robust accuracy (foolbox, AutoAttack) and makes the curve
+non-increasing even for attacks that are not monotone in eps by construction (FGSM can
+overshoot, PGD is a local search). ``worst_case=False`` attacks every sample at every epsilon
+independently: full-strength adversarials per eps, e.g. to transfer them to another model or
+to reproduce a study that reported per-eps runs (such curves can rise).
+
+Work saved:
+
+* FGSM and the noise baselines compute their direction once for every epsilon;
+* ``keep_adversarials=False`` lets iterative attacks stop each sample at its first successful
+  iterate (AutoAttack style: only still-robust points cost work);
+* minimum-norm attacks (``cw-l2``, ``minimal``) run once, are projected onto each epsilon's
+  ball and return ``min_eps``; ``accuracy_from_min_eps`` turns it into a curve at any eps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from robustlab.attacks.base import (
+    Attack,
+    ModelView,
+    attack_mode,
+    check_inputs,
+    flat_norm,
+    is_success,
+    validate_epsilons,
+)
+from robustlab.errors import UserError
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """Per-epsilon outcome of a sweep over B samples and E epsilons.
+
+    Attributes:
+        epsilons: the E epsilons, in the order given.
+        success: ``(E, B)`` bool, the adversarial is misclassified (untargeted) or is
+            classified as the target (targeted).
+        correct: ``(E, B)`` bool, the adversarial is classified as its true label.
+        adversarials: E tensors ``(B, C, H, W)``, or ``None`` when not kept.
+        min_eps: ``(B,)`` per-sample minimal epsilon (minimum-norm attacks; ``inf``: none
+            found, 0: misclassified when clean), else ``None``.
+        clean_pred: ``(B,)`` predictions on the clean images.
+        delta_linf: ``(E, B)`` ``||x_adv - x||_inf`` of each returned adversarial.
+        delta_l2: ``(E, B)`` ``||x_adv - x||_2``.
+        images_forwarded: images passed through the model (a measure of the work done).
+    """
+
+    epsilons: list[float]
+    success: Tensor
+    correct: Tensor
+    adversarials: list[Tensor] | None
+    min_eps: Tensor | None
+    clean_pred: Tensor
+    delta_linf: Tensor
+    delta_l2: Tensor
+    images_forwarded: int = 0
+
+    def accuracy(self) -> list[float]:
+        """Robust accuracy per epsilon (fraction still classified correctly)."""
+        return self.correct.float().mean(1).tolist()
+
+    def success_rate(self) -> list[float]:
+        """Fraction of samples where the attack's goal holds, per epsilon."""
+        return self.success.float().mean(1).tolist()
+
+
+def accuracy_from_min_eps(min_eps: Tensor, epsilons: Sequence[float]) -> list[float]:
+    """Robust accuracy at each epsilon from per-sample minimal epsilons ``(B,)``.
+
+    A sample counts as robust at ``eps`` when its minimal adversarial is larger than ``eps``.
+    """
+    if min_eps.numel() == 0:
+        return [float("nan")] * len(epsilons)
+    return [float((min_eps > eps).float().mean()) for eps in epsilons]
+
+
+def sweep(
+    attack: Attack,
+    model: Callable[[Tensor], Any],
+    x: Tensor,
+    y: Tensor,
+    epsilons: Sequence[float],
+    *,
+    target: Any = None,
+    keep_adversarials: bool = True,
+    worst_case: bool = True,
+) -> SweepResult:
+    """Run ``attack`` on ``x`` ``(B, C, H, W)`` at every epsilon (pixel units); see module doc."""
+    if attack.norm == "none":
+        raise UserError(f"attack '{attack.name}' has no epsilon and cannot be swept")
+    eps_list = validate_epsilons(attack, epsilons)
+    x, y, target = attack._check_call(x, y, target)
+    if x.shape[0] == 0:
+        return _empty_result(x, y, eps_list, keep_adversarials)
+    with attack_mode(model, attack.train_mode):
+        view = ModelView(model, y, target)
+        # a minimal-epsilon search uses the largest epsilon as its upper bound
+        runner = attack.with_eps(max(eps_list))._sweep_runner(view, x, y, target, keep_adversarials)
+        clean_pred = runner.clean_pred if runner.clean_pred is not None else view.predict(x)
+        carry = _Carry(clean_pred, x, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]))
+        outcomes: dict[int, _Carry] = {}
+        for k in sorted(range(len(eps_list)), key=eps_list.__getitem__):
+            if worst_case:  # only samples still standing are attacked; the rest carry over
+                todo = ~is_success(carry.pred, y, target)
+                current = carry.copy(keep_adversarials)
+            else:
+                todo = torch.ones_like(y, dtype=torch.bool)
+                current = _Carry(clean_pred, x, carry.linf, carry.l2).copy(keep_adversarials)
+            idx = todo.nonzero().squeeze(1)
+            if idx.numel():
+                new_adv, new_pred = runner.run(idx, eps_list[k])
+                current.pred[idx] = view.predict(new_adv) if new_pred is None else new_pred
+                delta = new_adv - x[idx]
+                current.linf[idx] = flat_norm(delta, "linf")
+                current.l2[idx] = flat_norm(delta, "l2")
+                if keep_adversarials:
+                    current.adv[idx] = new_adv
+            outcomes[k] = current
+            if worst_case:
+                carry = current
+    ordered = [outcomes[k] for k in range(len(eps_list))]
+    preds = torch.stack([outcome.pred for outcome in ordered])
+    return SweepResult(
+        epsilons=eps_list,
+        success=is_success(preds, y[None], None if target is None else target[None]),
+        correct=preds == y[None],
+        adversarials=[o.adv.detach() for o in ordered] if keep_adversarials else None,
+        min_eps=runner.min_eps,
+        clean_pred=clean_pred,
+        delta_linf=torch.stack([outcome.linf for outcome in ordered]),
+        delta_l2=torch.stack([outcome.l2 for outcome in ordered]),
+        images_forwarded=view.images,
+    )
+
+
+def _empty_result(x: Tensor, y: Tensor, eps_list: list[float], keep: bool) -> SweepResult:
+    empty = torch.zeros((len(eps_list), 0), dtype=torch.bool, device=x.device)
+    return SweepResult(
+        epsilons=eps_list,
+        success=empty,
+        correct=empty.clone(),
+        adversarials=[x.clone() for _ in eps_list] if keep else None,
+        min_eps=None,
+        clean_pred=y.clone(),
+        delta_linf=x.new_zeros((len(eps_list), 0)),
+        delta_l2=x.new_zeros((len(eps_list), 0)),
+    )
+
+
+@dataclasses.dataclass
+class _Carry:
+    """What a worst-case sweep carries from one epsilon to the next, per sample."""
+
+    pred: Tensor  # (B,)
+    adv: Tensor  # (B, C, H, W)
+    linf: Tensor  # (B,)
+    l2: Tensor  # (B,)
+
+    def copy(self, with_adversarials: bool) -> _Carry:
+        adv = self.adv.clone() if with_adversarials else self.adv
+        return _Carry(self.pred.clone(), adv, self.linf.clone(), self.l2.clone())
+
+
+def sweep_dataset(
+    attack: Attack,
+    model: Callable[[Tensor], Any],
+    images: Tensor,
+    labels: Tensor,
+    epsilons: Sequence[float],
+    *,
+    target: Any = None,
+    batch_size: int = 64,
+    keep_adversarials: bool = True,
+    worst_case: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> SweepResult:
+    """``sweep`` over a whole data set ``(N, C, H, W)`` in batches, results concatenated.
+
+    Batches are moved to ``device`` (the model must already be there); results, adversarials
+    included, come back on the CPU. ``target`` is ``None``, a class index or ``(N,)``.
+    """
+    if batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
+    images, labels, target_t = check_inputs(images, labels, target)
+    parts: list[SweepResult] = []
+    starts = range(0, images.shape[0], batch_size)
+    for start in tqdm(starts, desc=f"{attack.name} sweep", unit="batch", disable=not progress):
+        stop = start + batch_size
+        batch_target = None if target_t is None else target_t[start:stop].to(device)
+        part = sweep(
+            attack,
+            model,
+            images[start:stop].to(device),
+            labels[start:stop].to(device),
+            epsilons,
+            target=batch_target,
+            keep_adversarials=keep_adversarials,
+            worst_case=worst_case,
+        )
+        parts.append(_to_cpu(part))
+    if not parts:
+        return sweep(attack, model, images, labels, epsilons, target=target_t)
+    return _concat(parts)
+
+
+def _to_cpu(part: SweepResult) -> SweepResult:
+    def cpu(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.detach().cpu()
+        if isinstance(value, list) and value and isinstance(value[0], Tensor):
+            return [item.detach().cpu() for item in value]
+        return value
+
+    return SweepResult(**{f.name: cpu(getattr(part, f.name)) for f in dataclasses.fields(part)})
+
+
+def _concat(parts: list[SweepResult]) -> SweepResult:
+    first = parts[0]
+    adversarials = None
+    if first.adversarials is not None:
+        adversarials = [
+            torch.cat([part.adversarials[k] for part in parts])  # type: ignore[index]
+            for k in range(len(first.epsilons))
+        ]
+    min_eps = None
+    if first.min_eps is not None:
+        min_eps = torch.cat([part.min_eps for part in parts])  # type: ignore[misc]
+    return SweepResult(
+        epsilons=first.epsilons,
+        success=torch.cat([part.success for part in parts], dim=1),
+        correct=torch.cat([part.correct for part in parts], dim=1),
+        adversarials=adversarials,
+        min_eps=min_eps,
+        clean_pred=torch.cat([part.clean_pred for part in parts]),
+        delta_linf=torch.cat([part.delta_linf for part in parts], dim=1),
+        delta_l2=torch.cat([part.delta_l2 for part in parts], dim=1),
+        images_forwarded=sum(part.images_forwarded for part in parts),
+    )

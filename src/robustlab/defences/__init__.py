@@ -1,0 +1,54 @@
+"""Adversarial defences as training objectives: PGD-AT, fast FGSM-AT, TRADES, NSL.
+
+Command line: ``robustlab train ... --defence NAME --defence-opt key=value`` calls
+``build_defence``. Library: build a typed config and call ``make_defence``::
+
+    objective = make_defence(PGDTrainingConfig(eps=0.1, steps=10, warmup_epochs=1))
+    fit(model, train, val, TrainConfig(...), objective)
+
+See ``robustlab.defences.objectives`` for the BatchNorm policy.
+"""
+
+from robustlab.defences.config import (
+    DefenceConfig,
+    FastFGSMConfig,
+    NSLConfig,
+    PGDTrainingConfig,
+    TRADESConfig,
+)
+from robustlab.defences.objectives import (
+    DefenceObjective,
+    FastFGSMTraining,
+    NSLAdversarialRegularization,
+    PGDTraining,
+    TRADESTraining,
+)
+from robustlab.defences.registry import (
+    build_defence,
+    defence_config_type,
+    defence_from_dict,
+    describe_defences,
+    list_defences,
+    make_defence,
+    parse_options,
+)
+
+__all__ = [
+    "DefenceConfig",
+    "DefenceObjective",
+    "FastFGSMConfig",
+    "FastFGSMTraining",
+    "NSLAdversarialRegularization",
+    "NSLConfig",
+    "PGDTraining",
+    "PGDTrainingConfig",
+    "TRADESConfig",
+    "TRADESTraining",
+    "build_defence",
+    "defence_config_type",
+    "defence_from_dict",
+    "describe_defences",
+    "list_defences",
+    "make_defence",
+    "parse_options",
+]

@@ -1,0 +1,72 @@
+"""Evaluation: clean accuracy, robustness curves, transfer matrix, per-sample records, sanity flags."""
+
+from robustlab.evaluation.accuracy import (
+    clean_metrics,
+    confusion_matrix,
+    metrics_from_predictions,
+    predict_logits,
+    require_eval_mode,
+)
+from robustlab.evaluation.adversarials import load_png, quantise, save_adversarials
+from robustlab.evaluation.outputs import write_examples, write_robustness_outputs
+from robustlab.evaluation.records import (
+    RECORD_FIELDS,
+    accuracy_from_min_eps,
+    min_eps_from_grid,
+    records_summary,
+    sample_records,
+    write_records_csv,
+)
+from robustlab.evaluation.robustness import (
+    CurvesResult,
+    Outcome,
+    check_compatible,
+    check_epsilons,
+    noise_attack_for,
+    robustness_curves,
+    score_perturbations,
+)
+from robustlab.evaluation.sanity import (
+    Flag,
+    curve_flags,
+    gradient_flags,
+    output_flags,
+    sanity_flags,
+    unbounded_attack_flags,
+)
+from robustlab.evaluation.transfer import TransferMatrix, transfer_flags, transfer_matrix
+
+__all__ = [
+    "RECORD_FIELDS",
+    "CurvesResult",
+    "Flag",
+    "Outcome",
+    "TransferMatrix",
+    "accuracy_from_min_eps",
+    "check_compatible",
+    "check_epsilons",
+    "clean_metrics",
+    "confusion_matrix",
+    "curve_flags",
+    "gradient_flags",
+    "load_png",
+    "metrics_from_predictions",
+    "min_eps_from_grid",
+    "noise_attack_for",
+    "output_flags",
+    "predict_logits",
+    "quantise",
+    "records_summary",
+    "require_eval_mode",
+    "robustness_curves",
+    "sample_records",
+    "sanity_flags",
+    "save_adversarials",
+    "score_perturbations",
+    "transfer_flags",
+    "transfer_matrix",
+    "unbounded_attack_flags",
+    "write_examples",
+    "write_records_csv",
+    "write_robustness_outputs",
+]

@@ -1,0 +1,406 @@
+"""Typed study configs: pydantic models with ``extra='forbid'``, YAML loading and ``--set`` overrides.
+
+A study config is validated once, before any step runs; every problem becomes ONE ``UserError``
+line that names the file and the key, e.g.
+``leaf.yaml: unknown key 'epochz' in models[0] (did you mean 'epochs'?)``.
+
+The building blocks here (``DataConfig``, ``ModelConfig``, ``AttackConfig``) are shared by every
+study; each study module defines its own top-level config class from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from robustlab.errors import UserError, suggestion
+
+if typing.TYPE_CHECKING:
+    from robustlab.data import DataSpec
+    from robustlab.models import ModelSpec
+    from robustlab.training import TrainConfig
+
+Name = typing.Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=60)]
+
+
+class Strict(BaseModel):
+    """Base of every config block: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    """A data set and its split; mirrors ``robustlab.data.DataSpec`` field for field."""
+
+    name: str
+    task: str | None = None
+    image_size: int | None = Field(default=None, ge=1, le=4096)
+    channels: Literal[1, 3] | None = None
+    classes: list[str | int] | None = None
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = Field(default=0, ge=0)
+    stratify: bool = False
+    limit: int | None = Field(default=None, ge=1)
+
+    def spec(self) -> DataSpec:
+        from robustlab.data import DataSpec
+
+        values = self.model_dump()
+        values["classes"] = tuple(self.classes) if self.classes is not None else None
+        return DataSpec(**values)
+
+
+class DefenceConfig(Strict):
+    """An adversarial-training defence: a registry name and its settings (see robustlab.defences)."""
+
+    name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+    def build(self) -> tuple[Any, dict[str, Any]]:
+        """The training objective and its resolved JSON-able settings."""
+        from robustlab.defences import defence_from_dict
+
+        return defence_from_dict({"name": self.name, **self.settings})
+
+
+class ModelConfig(Strict):
+    """One model of a study: its architecture, how it is trained, and an optional defence."""
+
+    name: Name
+    arch: str
+    pretrained: str | None = None
+    resize_to: int | None = Field(default=None, ge=8, le=1024)
+    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    strategy: Literal["frozen", "finetune", "scratch"] = "frozen"
+    optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
+    lr: float = Field(default=1e-4, gt=0.0)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    seed: int = Field(default=0, ge=0)
+    patience: int | None = Field(default=None, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    head_epochs: int = Field(default=2, ge=0)
+    unfreeze: str = "all"
+    finetune_lr_factor: float = Field(default=0.1, gt=0.0, le=1.0)
+    defence: DefenceConfig | None = None
+
+    def model_spec(self) -> ModelSpec:
+        """The architecture; class count, channels and input size are filled from the data."""
+        from robustlab.models import ModelSpec
+
+        return ModelSpec(
+            arch=self.arch,
+            num_classes=2,
+            pretrained=self.pretrained,
+            resize_to=self.resize_to,
+            drop_rate=self.drop_rate,
+            mean=self.mean,
+            std=self.std,
+        )
+
+    def train_config(self) -> TrainConfig:
+        from robustlab.training import TrainConfig
+
+        return TrainConfig(
+            strategy=self.strategy,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            patience=self.patience,
+            weight_decay=self.weight_decay,
+            head_epochs=self.head_epochs,
+            unfreeze=self.unfreeze,
+            finetune_lr_factor=self.finetune_lr_factor,
+        )
+
+
+class AttackConfig(Strict):
+    """An attack from ``robustlab.attacks``: registry name and settings other than ``eps``."""
+
+    name: str
+    settings: dict[str, Any] = Field(default_factory=dict)
+    label: str = ""  # how curves and tables name it; defaults to the name
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+    def build(self, eps: float | None = None) -> Any:
+        """The attack object (``eps`` only for attacks with a budget)."""
+        from robustlab.attacks import get_attack
+
+        settings = dict(self.settings) if eps is None else {**self.settings, "eps": eps}
+        return get_attack(self.name, **settings)
+
+
+class CurvesConfig(Strict):
+    """Accuracy vs epsilon of one target: white-box, black-box from ``surrogates``, and noise."""
+
+    name: Name  # names the step (``attack-<name>``) and the report section
+    attack: AttackConfig
+    eps: list[float] = Field(min_length=1)
+    target: str | None = None  # a model's name; None = the study's target
+    surrogates: list[str] = Field(default_factory=list)  # black-box sources (model names)
+    noise: bool = True  # the random-noise baseline with the same budget
+    limit: int | None = Field(default=None, ge=1)  # first N test images (None = all)
+    examples: int = Field(default=2, ge=0)  # triptych + prediction-vector figures
+    sanity: bool = True  # model probes (softmax outputs, zero gradients) and curve checks
+    unbounded_check: bool = False  # PGD at eps = 1 must reach ~0 %; costs 20 attack passes
+
+    @field_validator("eps")
+    @classmethod
+    def _eps_in_range(cls, eps: list[float]) -> list[float]:
+        for value in eps:
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"eps must be in [0, 1] pixel units (8/255 = 0.0314), got {value:g}")
+        return eps
+
+
+class TransferConfig(Strict):
+    """The transfer matrix: every model attacks every other at one epsilon."""
+
+    attack: AttackConfig
+    eps: float = Field(ge=0.0, le=1.0)
+    models: list[str] | None = None  # None = every model of the study
+    limit: int | None = Field(default=None, ge=1)
+
+
+class StudyConfig(Strict):
+    """Fields every study has; a study's own config class adds its sections."""
+
+    study: str
+    title: str = ""
+    seed: int = Field(default=0, ge=0, description="seeds every step (attacks' random starts, noise)")
+    data: DataConfig
+    fallback_data: DataConfig | None = None  # used, with a one-line note, when `data` is missing
+    notes: list[str] = Field(default_factory=list)  # filled by the runner (e.g. a data fallback)
+    eval_batch_size: int = Field(default=100, ge=1)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML (or JSON) mapping from ``path``; syntax errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"study file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read study file {path}: {error}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise UserError(f"{path.name}:{where} invalid YAML: {problem}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{path.name}: a study file must be a mapping of keys, got {type(values).__name__}")
+    return values
+
+
+def validate(cls: type[Strict], values: Mapping[str, Any], source: str) -> Any:
+    """``cls.model_validate(values)`` with any error turned into one ``UserError`` line."""
+    try:
+        return cls.model_validate(dict(values))
+    except ValidationError as error:
+        raise UserError(f"{source}: {describe_validation_error(error, cls)}") from None
+
+
+def describe_validation_error(error: ValidationError, cls: type[BaseModel]) -> str:
+    """The first problem of ``error`` as one readable phrase, with a count of the others."""
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    loc = tuple(first["loc"])
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent, key = loc[:-1], str(loc[-1])
+        where = f" in {format_loc(parent)}" if parent else ""
+        message = f"unknown key '{key}'{where}{suggestion(key, fields_at(cls, parent))}"
+    elif kind == "missing":
+        parent = loc[:-1]
+        where = f" in {format_loc(parent)}" if parent else ""
+        message = f"missing key '{loc[-1]}'{where}"
+    else:
+        cause = first.get("ctx", {}).get("error")
+        text = str(cause) if isinstance(cause, UserError) else first["msg"]
+        text = text[0].lower() + text[1:] if text else text
+        got = first.get("input")
+        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+        message = f"{format_loc(loc) or 'config'}: {text}{shown}"
+    if len(problems) > 1:
+        message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return message
+
+
+def format_loc(loc: Sequence[Any]) -> str:
+    """``('models', 0, 'epochs')`` -> ``models[0].epochs``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip ``Annotated`` and ``X | None`` down to X."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+            annotation = models[0] if models else args[0]
+        else:
+            return annotation
+
+
+def fields_at(cls: type[BaseModel], loc: Sequence[Any]) -> list[str]:
+    """Valid keys of the config block at ``loc`` (empty when it is not a config block)."""
+    annotation: Any = cls
+    for part in loc:
+        annotation = _unwrap(annotation)
+        origin = typing.get_origin(annotation)
+        if origin in (list, tuple, dict) or isinstance(part, int):
+            args = typing.get_args(annotation)
+            if not args:
+                return []
+            annotation = args[-1]
+        elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            if field is None:
+                return []
+            annotation = field.annotation
+        else:
+            return []
+    annotation = _unwrap(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return list(annotation.model_fields)
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides: --set key.sub=value
+
+_INDEX = re.compile(r"\[([^\]]*)\]")
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'models.finetune.epochs=2'`` -> (['models', 'finetune', 'epochs'], 2).
+
+    The value is read as YAML (numbers, ``null``, ``true``, ``[0.01, 0.03]``); list items are
+    addressed by index, by their ``name`` or by ``*`` (every item); ``models[0]`` works too.
+    """
+    key, sep, raw = text.partition("=")
+    key = _INDEX.sub(r".\1", key.strip())
+    parts = [part.strip() for part in key.split(".")]
+    if not sep or not all(parts):
+        raise UserError(f"--set needs KEY.SUB=VALUE (e.g. models.finetune.epochs=2), got '{text}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw  # a plain string that YAML cannot parse, e.g. 'a: b'
+    return parts, value
+
+
+def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A deep copy of ``values`` with every ``KEY.SUB=VALUE`` override applied, in order."""
+    result = _deep_copy(values)
+    for text in overrides:
+        parts, value = parse_override(text)
+        for container, key in _targets(result, parts[:-1], parts, text):
+            _assign(container, parts[-1], value, text)
+    return result
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _deep_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_deep_copy(item) for item in value]
+    return value
+
+
+def _targets(root: Any, path: list[str], full: list[str], text: str) -> Iterator[tuple[Any, str]]:
+    """Every container that ``path`` leads to (several with ``*``); missing dicts are created."""
+    nodes = [root]
+    for depth, part in enumerate(path):
+        next_nodes = []
+        for node in nodes:
+            if isinstance(node, list):
+                next_nodes.extend(_list_items(node, part, full[: depth + 1], text))
+            elif isinstance(node, dict):
+                if part == "*":
+                    next_nodes.extend(node.values())
+                else:
+                    if node.get(part) is None:
+                        node[part] = {}
+                    next_nodes.append(node[part])
+            else:
+                where = ".".join(full[:depth])
+                raise UserError(f"--set {text}: '{where}' is a value, not a section")
+        nodes = next_nodes
+    for node in nodes:
+        yield node, full[-1]
+
+
+def _list_items(items: list[Any], part: str, where: list[str], text: str) -> list[Any]:
+    if part == "*":
+        return items
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        if not -len(items) <= index < len(items):
+            raise UserError(f"--set {text}: {'.'.join(where[:-1])} has {len(items)} items, no [{index}]")
+        return [items[index]]
+    named = [item for item in items if isinstance(item, dict) and item.get("name") == part]
+    if not named:
+        names = [str(item.get("name")) for item in items if isinstance(item, dict) and "name" in item]
+        raise UserError(
+            f"--set {text}: no item named '{part}' in {'.'.join(where[:-1])}"
+            f"{suggestion(part, names)}; use an index or one of: {', '.join(names) or '(none)'}"
+        )
+    return named
+
+
+def _assign(container: Any, key: str, value: Any, text: str) -> None:
+    if isinstance(container, dict):
+        container[key] = value
+    elif isinstance(container, list):
+        if key == "*":
+            container[:] = [_deep_copy(value) for _ in container]
+        elif key.lstrip("-").isdigit():
+            _list_items(container, key, [key], text)  # range check
+            container[int(key)] = value
+        else:
+            raise UserError(f"--set {text}: '{key}' must be an index or '*' of a list")
+    else:
+        raise UserError(f"--set {text}: cannot set '{key}' inside a value")
+
+
+def to_plain(config: BaseModel) -> dict[str, Any]:
+    """The JSON-able form of a config, as written to ``config.json`` / ``config.yaml``."""
+    return config.model_dump(mode="json")
+
+
+def dump_yaml(values: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(values), sort_keys=False, allow_unicode=True, width=100)
+
+
+def spec_dict(spec: Any) -> dict[str, Any]:
+    """A frozen dataclass spec (DataSpec, ModelSpec) as a JSON-able dict."""
+    to_dict = getattr(spec, "to_dict", None)
+    return to_dict() if callable(to_dict) else dataclasses.asdict(spec)

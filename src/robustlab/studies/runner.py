@@ -1,0 +1,245 @@
+"""A resumable runner for a study: an ordered list of small steps, each done at most once.
+
+Run directory layout::
+
+    RUN_DIR/
+      config.json, config.yaml   the resolved config (a rerun must match it)
+      <step>/                    one folder per step: its outputs, written atomically, then
+      <step>/done.json           the done-marker holding the step's result (JSON) and timings
+      results.json               every step's result (and, apart, the timings)
+      report.html                rendered from results.json and the step folders
+
+A killed run continues where it stopped: finished steps (those with a done-marker) are
+skipped and their recorded results reused; the interrupted step runs again from the start
+(training steps resume from their last finished epoch through ``train_run``'s own state).
+Every step starts from a seed derived from the config's seed and the step's name, so a
+resumed run ends with the same results as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import shutil
+import sys
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustlab.errors import UserError
+from robustlab.io import read_json, write_json, write_text
+from robustlab.studies.config import dump_yaml
+
+log = logging.getLogger(__name__)
+
+FORMAT = "robustlab-study"
+DONE = "done.json"
+RESULTS = "results.json"
+
+
+@dataclass
+class StepContext:
+    """What a step function gets: its folder, earlier results and a per-run object cache."""
+
+    run_dir: Path
+    dir: Path  # this step's own output folder (exists)
+    step: str
+    results: Mapping[str, Any]  # results of the steps before this one, by step name
+    seed: int  # this step's seed (already applied to torch)
+    timings: Mapping[str, Any] = field(default_factory=dict)  # seconds and memory of those steps
+    data_dir: Path | None = None
+    progress: bool = False
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one process
+
+    def step_dir(self, name: str) -> Path:
+        """The output folder of another step (earlier steps' outputs are read from here)."""
+        return self.run_dir / name
+
+
+StepFunction = Callable[[StepContext], Mapping[str, Any]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One unit of a study. ``run`` returns a JSON-able result; ``expected_seconds`` feeds the ETA."""
+
+    name: str  # unique; also the folder name
+    title: str  # shown in progress lines, e.g. "train finetune"
+    run: StepFunction
+    expected_seconds: float = 5.0
+    record: bool = True  # False: no done-marker, runs every time (e.g. the report)
+
+
+StepObserver = Callable[[str, Step, int, int], None]  # (event "start"|"done"|"skip", step, i, n)
+
+
+def step_seed(seed: int, name: str) -> int:
+    """A seed per (config seed, step name), stable across processes and Python versions."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**31)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB on Linux
+
+
+def prepare_run_dir(run_dir: Path, config: Mapping[str, Any], *, restart: bool = False) -> None:
+    """Create ``run_dir`` for ``config``, or check that an existing one holds the same config.
+
+    restart: discard an existing study run in ``run_dir`` first (never an unrelated folder).
+    """
+    recorded = run_dir / "config.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} exists and is not a directory")
+    if restart and recorded.exists():
+        _check_is_study_dir(run_dir)
+        log.info("--restart: removing the previous run in %s", run_dir)
+        shutil.rmtree(run_dir)
+    if recorded.exists():
+        _check_is_study_dir(run_dir)
+        previous = read_json(recorded, "run config").get("config")
+        if previous != config:
+            raise UserError(
+                f"{run_dir} holds a run of a different config ({first_difference(previous, config)}); "
+                "use --out DIR for a new run, or --restart to discard the old one"
+            )
+        return
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserError(
+            f"--out {run_dir} is not empty and holds no study run; choose another --out"
+        )
+    write_json(recorded, {"format": FORMAT, "format_version": 1, "config": dict(config)})
+    write_text(run_dir / "config.yaml", dump_yaml(config))
+
+
+def _check_is_study_dir(run_dir: Path) -> None:
+    recorded = read_json(run_dir / "config.json", "run config")
+    if not isinstance(recorded, dict) or recorded.get("format") != FORMAT:
+        raise UserError(f"{run_dir} is not a robustlab study run (config.json has another format)")
+
+
+def first_difference(old: Any, new: Any, where: str = "") -> str:
+    """The first path where two JSON values differ, as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                path = f"{where}.{key}" if where else str(key)
+                return first_difference(old.get(key, "<unset>"), new.get(key, "<unset>"), path)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                return first_difference(a, b, f"{where}[{index}]")
+    return f"{where or 'config'}: {_short(old)} -> {_short(new)}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def load_done(run_dir: Path, step: str) -> dict[str, Any] | None:
+    """The done-marker of ``step`` ({"result", "seconds", ...}) or None if it has not finished."""
+    path = run_dir / step / DONE
+    if not path.exists():
+        return None
+    marker = read_json(path, f"done-marker of step '{step}'")
+    if not isinstance(marker, dict) or "result" not in marker:
+        raise UserError(f"{path} is corrupt; delete it to run step '{step}' again")
+    return marker
+
+
+def run_steps(
+    run_dir: str | Path,
+    steps: Sequence[Step],
+    *,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
+    progress: bool = False,
+    observer: StepObserver | None = None,
+) -> dict[str, Any]:
+    """Run every unfinished step of ``steps`` in order; return ``{"steps", "timings"}``.
+
+    The run directory must already be prepared (``prepare_run_dir``). A step's result is
+    recorded in its done-marker only after the step function returned, so a step killed
+    midway runs again (from its own saved state, if it keeps one) on the next call.
+    """
+    run_dir = Path(run_dir)
+    names = [step.name for step in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"step names must be unique, got {names}")
+    results: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
+    cache: dict[str, Any] = {}
+    expected_done = actual_done = 0.0  # this session's steps, to calibrate the estimate
+    total = len(steps)
+    for index, step in enumerate(steps, start=1):
+        marker = load_done(run_dir, step.name) if step.record else None
+        if marker is not None:
+            results[step.name] = marker["result"]
+            timings[step.name] = {k: v for k, v in marker.items() if k != "result"}
+            log.info("[%d/%d] %s: done (recorded)", index, total, step.title)
+            if observer:
+                observer("skip", step, index, total)
+            continue
+        speed = actual_done / expected_done if expected_done > 0 else 1.0
+        left = speed * sum(s.expected_seconds for s in steps[index - 1 :] if s.name not in results)
+        log.info("[%d/%d] %s ... (about %s left)", index, total, step.title, format_seconds(left))
+        if observer:
+            observer("start", step, index, total)
+        step_dir = run_dir / step.name
+        step_dir.mkdir(parents=True, exist_ok=True)
+        this_seed = step_seed(seed, step.name)
+        _seed_everything(this_seed)
+        context = StepContext(
+            run_dir=run_dir,
+            dir=step_dir,
+            step=step.name,
+            results=dict(results),
+            seed=this_seed,
+            timings=dict(timings),
+            data_dir=Path(data_dir) if data_dir is not None else None,
+            progress=progress,
+            cache=cache,
+        )
+        start = time.perf_counter()
+        result = dict(step.run(context))
+        seconds = time.perf_counter() - start
+        marker = {"result": result, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        if step.record:
+            write_json(step_dir / DONE, marker)
+            # Read back, so a fresh run and a resumed one pass identical (JSON) values on.
+            result = read_json(step_dir / DONE)["result"]
+        results[step.name] = result
+        timings[step.name] = {k: v for k, v in marker.items() if k != "result"}
+        expected_done += step.expected_seconds
+        actual_done += seconds
+        log.info("[%d/%d] %s: done in %s", index, total, step.title, format_seconds(seconds))
+        if observer:
+            observer("done", step, index, total)
+    return {"steps": results, "timings": timings}
