@@ -9,7 +9,9 @@ import torch
 from PIL import Image
 
 
-def class_images(n: int, label: int, size: tuple[int, int] = (6, 5), channels: int = 3) -> np.ndarray:
+def class_images(
+    n: int, label: int, size: tuple[int, int] = (6, 5), channels: int = 3
+) -> np.ndarray:
     """``n`` uint8 images whose first pixel encodes ``label`` and second pixel the index."""
     height, width = size
     rng = np.random.default_rng(label * 1000 + n)

@@ -73,7 +73,9 @@ def test_download_checks_sha256_and_writes_atomically(
     assert leftovers(dest.parent) == []
 
 
-def test_checksum_mismatch_keeps_nothing(tmp_path: Path, mirror: dict[str, tuple[str, str]]) -> None:
+def test_checksum_mismatch_keeps_nothing(
+    tmp_path: Path, mirror: dict[str, tuple[str, str]]
+) -> None:
     url, _ = mirror["train-labels-idx1-ubyte.gz"]
     dest = tmp_path / "data" / "labels.gz"
     with pytest.raises(DownloadError, match="sha256 checksum mismatch"):
@@ -120,6 +122,12 @@ def test_failed_download_is_one_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "mnist").exists() or leftovers(tmp_path) == []
 
 
+def test_an_unwritable_data_dir_is_one_clear_error(tmp_path: Path, local_mnist: None) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(UserError, match=r"download failed.*cannot write"):
+        load_splits(DataSpec("mnist"), tmp_path / "a-file" / "data", download=True)
+
+
 def test_a_corrupted_download_is_refused(tmp_path: Path) -> None:
     def opener(url: str, timeout: float):
         return io.BytesIO(b"an error page, not the file")
@@ -141,7 +149,9 @@ def test_offline_never_calls_the_opener(tmp_path: Path, monkeypatch: pytest.Monk
         load_splits(DataSpec("mnist"), tmp_path, download=False)
 
 
-def test_uncompressed_idx_files_are_accepted(tmp_path: Path, mirror: dict[str, tuple[str, str]]) -> None:
+def test_uncompressed_idx_files_are_accepted(
+    tmp_path: Path, mirror: dict[str, tuple[str, str]]
+) -> None:
     folder = tmp_path / "mnist"
     folder.mkdir()
     for name, (url, _) in mirror.items():
@@ -165,7 +175,9 @@ def test_corrupt_idx(data: bytes, match: str) -> None:
         parse_idx(data)
 
 
-def test_corrupt_gzip_idx_in_the_data_dir(tmp_path: Path, mirror: dict[str, tuple[str, str]]) -> None:
+def test_corrupt_gzip_idx_in_the_data_dir(
+    tmp_path: Path, mirror: dict[str, tuple[str, str]]
+) -> None:
     folder = tmp_path / "mnist"
     folder.mkdir()
     for name, (url, _) in mirror.items():

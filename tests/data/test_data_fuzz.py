@@ -39,8 +39,8 @@ def check(spec: DataSpec) -> DataSplits | None:
         assert part.images.dtype == torch.float32 and part.labels.dtype == torch.int64
         assert part.images.ndim == 4 and part.images.shape[1] in (1, 3)
         assert torch.isfinite(part.images).all()
-        assert 0.0 <= float(part.images.min()) and float(part.images.max()) <= 1.0
-        assert 0 <= int(part.labels.min()) and int(part.labels.max()) < splits.num_classes
+        assert float(part.images.min()) >= 0.0 and float(part.images.max()) <= 1.0
+        assert int(part.labels.min()) >= 0 and int(part.labels.max()) < splits.num_classes
     return splits
 
 
@@ -132,8 +132,11 @@ def test_arbitrary_arrays_in_an_npz(
 @FUZZ
 @given(
     files=st.lists(
-        st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["png", "jpg", "bmp", "gif", "x"]),
-                  st.binary(max_size=200)),
+        st.tuples(
+            st.sampled_from(["a", "b"]),
+            st.sampled_from(["png", "jpg", "bmp", "gif", "x"]),
+            st.binary(max_size=200),
+        ),
         min_size=1,
         max_size=6,
     ),

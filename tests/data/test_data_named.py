@@ -37,7 +37,7 @@ def check_splits(splits: DataSplits, shape: tuple[int, int, int], total: int) ->
         assert part.labels.dtype == torch.int64
         assert part.images.shape[1:] == shape
         assert part.images.is_contiguous()
-        assert 0.0 <= float(part.images.min()) and float(part.images.max()) <= 1.0
+        assert float(part.images.min()) >= 0.0 and float(part.images.max()) <= 1.0
         assert int(part.labels.min()) >= 0 and int(part.labels.max()) < splits.num_classes
 
 
@@ -142,7 +142,13 @@ def test_missing_leaf_file_says_where_to_get_it(tmp_path: Path) -> None:
 
 def test_list_datasets_reports_presence(data_dir: Path, tmp_path: Path) -> None:
     infos = {info.name: info for info in list_datasets(data_dir)}
-    assert set(infos) == {"plantvillage-tomato", "fashion-mnist", "mnist", "utkface-gender", "digits"}
+    assert set(infos) == {
+        "plantvillage-tomato",
+        "fashion-mnist",
+        "mnist",
+        "utkface-gender",
+        "digits",
+    }
     assert infos["plantvillage-tomato"].present
     assert infos["plantvillage-tomato"].tasks == {"unhealthy": 2, "disease": 10}
     assert infos["plantvillage-tomato"].default_task == "unhealthy"
@@ -164,6 +170,10 @@ def test_dataset_info_is_json(data_dir: Path) -> None:
     assert info["image_shape"] == [1, 8, 8]
     assert info["class_counts"]["total"] == {"3": 183, "5": 182}
     assert info["dataset"]["name"] == "digits"
+    spec = DataSpec("plantvillage-tomato", task="disease", image_size=32, channels=1, limit=500)
+    info = dataset_info(spec, data_dir)
+    del info["dataset"]
+    assert info == load_splits(spec, data_dir).info()  # same facts, no pixels converted
 
 
 def test_spec_round_trips_through_json_to_the_same_split(data_dir: Path) -> None:

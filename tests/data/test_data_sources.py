@@ -63,6 +63,15 @@ def test_folder_skips_corrupt_files_with_a_warning(
     assert "skipped 3 unreadable" in caplog.text
 
 
+def test_folder_refuses_images_with_absurd_sizes(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    write_folder(root, {"a": 3, "b": 3})
+    Image.new("1", (10_000, 10_000)).save(root / "a" / "huge.png")  # 100 M pixels, tiny file
+    with pytest.raises(UserError, match=r"huge\.png.*larger than"):
+        load_splits(DataSpec(str(root), on_corrupt="error"))
+    assert load_splits(DataSpec(str(root))).skipped == 1
+
+
 def test_folder_refuses_corrupt_files_when_asked(tmp_path: Path) -> None:
     root = tmp_path / "set"
     write_folder(root, {"a": 3, "b": 3})
@@ -148,7 +157,10 @@ def test_npz_task_picks_another_label_array(tmp_path: Path) -> None:
     images, labels = labelled_arrays([4, 4])
     colour = np.arange(8) % 4
     path = write_npz(
-        tmp_path / "set.npz", images, labels, colour=colour,
+        tmp_path / "set.npz",
+        images,
+        labels,
+        colour=colour,
         colour_names=np.array(["red", "green", "blue", "grey"]),
     )
     splits = load_splits(DataSpec(str(path), task="colour", split=(0.5, 0.25, 0.25)))

@@ -98,7 +98,7 @@ def test_class_subset_by_index_string_and_errors() -> None:
 
 
 def test_unknown_class_name_suggests_a_close_one() -> None:
-    with pytest.raises(UserError, match="unknown class 'Trousr'.*did you mean 'Trouser'"):
+    with pytest.raises(UserError, match=r"unknown class 'Trousr'.*did you mean 'Trouser'"):
         select_classes(np.array([0, 1]), ("T-shirt/top", "Trouser"), ["Trousr"])
 
 
@@ -124,7 +124,7 @@ def test_resize_is_antialiased_bilinear() -> None:
     assert torch.allclose(resized.train.images, expected, atol=1e-6)
     up = load_splits(DataSpec("digits", image_size=32))
     assert up.train.image_shape == (1, 32, 32)
-    assert 0 <= float(up.train.images.min()) and float(up.train.images.max()) <= 1
+    assert float(up.train.images.min()) >= 0 and float(up.train.images.max()) <= 1
 
 
 def test_grey_to_rgb_repeats_the_channel() -> None:

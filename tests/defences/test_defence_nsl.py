@@ -34,7 +34,9 @@ def test_defaults_are_those_of_nsl_make_adv_reg_config():
     }
 
 
-def test_l2_neighbour_is_one_step_along_the_per_example_normalised_labeled_gradient(tiny_net, batch):
+def test_l2_neighbour_is_one_step_along_the_per_example_normalised_labeled_gradient(
+    tiny_net, batch
+):
     x, y = batch
     model = tiny_net(channels=1).eval()
     grad = _labeled_loss_gradient(model, x, y)
@@ -68,7 +70,9 @@ def test_infinity_norm_is_a_signed_gradient_step_and_unclipped_by_default(tiny_n
 
 def test_clip_values_bound_the_neighbour(tiny_net, batch):
     x, y = batch
-    config = NSLConfig(adv_step_size=0.2, adv_grad_norm="linf", clip_value_min=0.0, clip_value_max=1.0)
+    config = NSLConfig(
+        adv_step_size=0.2, adv_grad_norm="linf", clip_value_min=0.0, clip_value_max=1.0
+    )
     neighbour = make_defence(config).craft(tiny_net().eval(), x, y)
     assert neighbour.min() >= 0 and neighbour.max() <= 1
 

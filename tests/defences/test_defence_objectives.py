@@ -88,7 +88,10 @@ def test_crafting_uses_eval_mode_and_leaves_model_untouched(name, tiny_net, batc
     state = copy.deepcopy(model.state_dict())
     modes = [m.training for m in model.modules()]
     seen_modes = []
-    hooks = [bn.register_forward_hook(lambda m, i, o: seen_modes.append(m.training)) for bn in _batchnorms(model)]
+    hooks = [
+        bn.register_forward_hook(lambda m, i, o: seen_modes.append(m.training))
+        for bn in _batchnorms(model)
+    ]
     x_adv = make_defence(ATTACKING[name]).craft(model, x, y)
     for hook in hooks:
         hook.remove()
@@ -115,7 +118,8 @@ def _manual_loss(name, config, model, x, x_adv, y):
         return F.cross_entropy(model(x_adv), y)
     if name == "trades":
         logits = model(x)
-        kl = F.kl_div(F.log_softmax(model(x_adv), 1), F.softmax(logits, 1), reduction="sum") / len(y)
+        log_adv, clean = F.log_softmax(model(x_adv), 1), F.softmax(logits, 1)
+        kl = (clean * (clean.log() - log_adv)).sum() / len(y)
         return F.cross_entropy(logits, y) + config.beta * kl
     return F.cross_entropy(model(x), y) + config.multiplier * F.cross_entropy(model(x_adv), y)
 

@@ -40,15 +40,23 @@ def test_defaults_build_and_store_every_setting_as_json(name):
 
 
 def test_values_are_parsed_by_field_type():
-    _, settings = build_defence(
-        "pgd", ["eps=8/255", "steps=7", "step-size=0.01", "norm=L2", "random_start=false", "warmup_epochs=2"]
-    )
+    options = "eps=8/255 steps=7 step-size=0.01 norm=L2 random_start=false warmup_epochs=2"
+    _, settings = build_defence("pgd", options.split())
     assert settings == {
-        "name": "pgd", "eps": 8 / 255, "steps": 7, "step_size": 0.01, "norm": "l2",
-        "random_start": False, "warmup_epochs": 2,
+        "name": "pgd",
+        "eps": 8 / 255,
+        "steps": 7,
+        "step_size": 0.01,
+        "norm": "l2",
+        "random_start": False,
+        "warmup_epochs": 2,
     }
-    _, nsl = build_defence("nsl", ["adv_grad_norm=infinity", "pgd_epsilon=0.1", "clip_value_max=1", "random_init=yes"])
-    assert nsl["adv_grad_norm"] == "linf" and nsl["pgd_epsilon"] == 0.1 and nsl["random_init"] is True
+    _, nsl = build_defence(
+        "nsl", ["adv_grad_norm=infinity", "pgd_epsilon=0.1", "clip_value_max=1", "random_init=yes"]
+    )
+    assert (
+        nsl["adv_grad_norm"] == "linf" and nsl["pgd_epsilon"] == 0.1 and nsl["random_init"] is True
+    )
     assert nsl["clip_value_max"] == 1.0 and nsl["clip_value_min"] is None
 
 
@@ -116,7 +124,17 @@ def test_library_configs_validate_too():
 )
 def test_cli_rejects_a_bad_defence_before_training(defence, options, message, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", "--data", "digits", "--model", "small-cnn", "--defence", defence, "--out", str(out)]
+    argv = [
+        "train",
+        "--data",
+        "digits",
+        "--model",
+        "small-cnn",
+        "--out",
+        str(out),
+        "--defence",
+        defence,
+    ]
     for option in options:
         argv += ["--defence-opt", option]
     assert main(argv) == 2

@@ -39,8 +39,9 @@ def test_every_strategy_trains_with_a_defence(strategy, digits, tiny_net):
     head = model.head.weight.detach().clone()
     config = TrainConfig(strategy=strategy, epochs=2, head_epochs=1, lr=1e-2, optimizer="adam")
     objective = make_defence(PGDTrainingConfig(eps=EPS, steps=2, warmup_epochs=1))
-    history = fit(model, _pair(digits.train, 128), _pair(digits.val, 64), config, objective, progress=False)
-    assert len(history) == 2 and all(record["phase"] == "full" for record in history)  # pixels, no cache
+    train, val = _pair(digits.train, 128), _pair(digits.val, 64)
+    history = fit(model, train, val, config, objective, progress=False)
+    assert [record["phase"] for record in history] == ["full", "full"]  # pixels, no feature cache
     assert not torch.equal(head, model.head.weight)
     unchanged = [torch.equal(v, model.backbone.state_dict()[k]) for k, v in backbone.items()]
     if strategy == "frozen":  # weights and BN running statistics alike stay bit-identical
@@ -76,16 +77,26 @@ def test_adversarial_training_makes_a_tiny_model_more_robust(digits, tiny_net):
 @pytest.mark.slow
 def test_cli_trains_a_defended_run_that_loads_like_any_other(tmp_path, capsys):
     out = tmp_path / "run"
+    options = ["adv_step_size=8/255", "adv-grad-norm=linf", "warmup_epochs=1"]
+    command = "train --data digits --image-size 16 --limit 200 --model small-cnn --strategy scratch"
     argv = [
-        "train", "--data", "digits", "--image-size", "16", "--limit", "200", "--model", "small-cnn",
-        "--strategy", "scratch", "--optimizer", "adam", "--lr", "1e-3", "--epochs", "2",
-        "--defence", "nsl", "--defence-opt", "adv_step_size=8/255", "--defence-opt", "adv-grad-norm=linf",
-        "--defence-opt", "warmup_epochs=1", "--out", str(out),
+        *command.split(),
+        "--optimizer",
+        "adam",
+        "--lr",
+        "1e-3",
+        "--epochs",
+        "2",
+        "--defence",
+        "nsl",
     ]
+    for option in options:
+        argv += ["--defence-opt", option]
+    argv += ["--out", str(out)]
     assert main(argv) == 0
     capsys.readouterr()
     config = json.loads((out / "config.json").read_text())
-    _, expected = build_defence("nsl", ["adv_step_size=8/255", "adv_grad_norm=linf", "warmup_epochs=1"])
+    _, expected = build_defence("nsl", options)
     assert config["defence"] == expected
     model, _ = load_checkpoint(out)
     assert model(torch.rand(2, 1, 16, 16)).shape == (2, 10)

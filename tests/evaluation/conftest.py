@@ -72,8 +72,7 @@ def test_batch(digits: DataSplits) -> tuple[torch.Tensor, torch.Tensor]:
     return digits.test.images[:120], digits.test.labels[:120]
 
 
-def make_run(run_dir: Path, model: nn.Module, splits: DataSplits, data: DataSpec = DIGITS) -> Path:
-    """A run directory as ``robustlab train`` writes it (weights + config.json)."""
+def _make_run(run_dir: Path, model: nn.Module, splits: DataSplits, data: DataSpec = DIGITS) -> Path:
     save_checkpoint(
         run_dir,
         model,
@@ -87,3 +86,15 @@ def make_run(run_dir: Path, model: nn.Module, splits: DataSplits, data: DataSpec
         },
     )
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def make_run():
+    """``make_run(run_dir, model, splits, data=DIGITS)``: a run directory as ``robustlab train``
+    writes it (weights + config.json)."""
+    return _make_run
+
+
+@pytest.fixture(scope="session")
+def digits_spec() -> DataSpec:
+    return DIGITS

@@ -36,7 +36,9 @@ def test_clean_metrics_on_a_fitted_model(target_model: nn.Module, digits: DataSp
     weighted = sum(c["accuracy"] * c["n"] for c in metrics["per_class"]) / metrics["n"]
     assert weighted == pytest.approx(metrics["accuracy"])
     # Batch size must not change the answer.
-    assert clean_metrics(target_model, digits.test, batch_size=7)["confusion"] == metrics["confusion"]
+    assert (
+        clean_metrics(target_model, digits.test, batch_size=7)["confusion"] == metrics["confusion"]
+    )
 
 
 def test_model_in_train_mode_is_refused(target_model: nn.Module, digits: DataSplits) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -39,7 +40,7 @@ def test_curves_behave_like_an_attack_should(curves: CurvesResult) -> None:
     noise = curves.curve("noise")["accuracy"]
     assert curves.clean_accuracy > 0.8
     assert curves.eps0_accuracy == pytest.approx(curves.clean_accuracy)
-    assert all(b <= a for a, b in zip(white, white[1:], strict=False))  # worst case: never rises
+    assert all(b <= a for a, b in itertools.pairwise(white))  # worst case: never rises
     assert white[-1] < curves.clean_accuracy - 0.3  # the white-box attack works
     assert all(w <= n for w, n in zip(white, noise, strict=True))  # noise is the weakest
     assert all(w <= b + 1e-9 for w, b in zip(white, black, strict=True))
@@ -73,16 +74,29 @@ def test_per_eps_curves_are_never_below_worst_case(
 ) -> None:
     x, y = test_batch
     fresh = robustness_curves(
-        target_model, x, y, get_attack("fgsm"), EPSILONS, noise=False, worst_case=False, sanity=False
+        target_model,
+        x,
+        y,
+        get_attack("fgsm"),
+        EPSILONS,
+        noise=False,
+        worst_case=False,
+        sanity=False,
     )
     worst = curves.curve("white-box")["accuracy"]
-    assert all(w <= f + 1e-9 for w, f in zip(worst, fresh.curve("white-box")["accuracy"], strict=True))
+    assert all(
+        w <= f + 1e-9 for w, f in zip(worst, fresh.curve("white-box")["accuracy"], strict=True)
+    )
     assert fresh.settings["worst_case"] is False and fresh.flags == []
 
 
 @pytest.mark.parametrize(
     ("epsilons", "message"),
-    [([], "epsilon list is empty"), ([0.1, 1.5], "fgsm.eps must be <= 1"), ([float("nan")], "finite number, got nan")],
+    [
+        ([], "epsilon list is empty"),
+        ([0.1, 1.5], "fgsm.eps must be <= 1"),
+        ([float("nan")], "finite number, got nan"),
+    ],
 )
 def test_bad_epsilons(target_model: nn.Module, test_batch, epsilons, message: str) -> None:
     x, y = test_batch
@@ -90,12 +104,18 @@ def test_bad_epsilons(target_model: nn.Module, test_batch, epsilons, message: st
         robustness_curves(target_model, x, y, get_attack("fgsm"), epsilons)
 
 
-def test_surrogate_with_other_classes_or_size_is_refused(target_model: nn.Module, test_batch) -> None:
+def test_surrogate_with_other_classes_or_size_is_refused(
+    target_model: nn.Module, test_batch
+) -> None:
     x, y = test_batch
-    three = create_model(ModelSpec(arch="simple-cnn", num_classes=3, in_chans=1, input_size=8)).eval()
+    three = create_model(
+        ModelSpec(arch="simple-cnn", num_classes=3, in_chans=1, input_size=8)
+    ).eval()
     with pytest.raises(UserError, match="same classes"):
         robustness_curves(target_model, x, y, get_attack("fgsm"), [0.1], surrogates={"s": three})
-    bigger = create_model(ModelSpec(arch="simple-cnn", num_classes=10, in_chans=1, input_size=16)).eval()
+    bigger = create_model(
+        ModelSpec(arch="simple-cnn", num_classes=10, in_chans=1, input_size=16)
+    ).eval()
     with pytest.raises(UserError, match="model 's' takes 1x16x16 images"):
         robustness_curves(target_model, x, y, get_attack("fgsm"), [0.1], surrogates={"s": bigger})
 

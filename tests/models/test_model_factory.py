@@ -93,7 +93,9 @@ def test_preprocess_resizes_then_normalises() -> None:
 def test_builtin_flatten_follows_input_size(
     arch: str, in_chans: int, size: int, resize_to: int | None, features: int
 ) -> None:
-    model = create_model(ModelSpec(arch, 3, in_chans=in_chans, input_size=size, resize_to=resize_to))
+    model = create_model(
+        ModelSpec(arch, 3, in_chans=in_chans, input_size=size, resize_to=resize_to)
+    )
     assert model.num_features == features
     assert model(torch.rand(2, in_chans, size, size)).shape == (2, 3)
     convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
@@ -163,9 +165,9 @@ def test_bad_spec_names_the_field(settings: dict, field: str) -> None:
 def test_spec_survives_json_and_rejects_unknown_fields() -> None:
     spec = ModelSpec("resnet18", 5, in_chans=1, mean=(0.4,), std=(0.2,), resize_to=64)
     assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
-    with pytest.raises(UserError, match="unknown model spec field.*colour"):
+    with pytest.raises(UserError, match=r"unknown model spec field.*colour"):
         ModelSpec.from_dict({**spec.to_dict(), "colour": "red"})
-    with pytest.raises(UserError, match="lacks field.*num_classes"):
+    with pytest.raises(UserError, match=r"lacks field.*num_classes"):
         ModelSpec.from_dict({"arch": "resnet18"})
 
 
@@ -196,7 +198,12 @@ def test_channels_last_gives_the_same_logits() -> None:
 
 def test_list_architectures_rows() -> None:
     rows = {row.name: row for row in list_architectures()}
-    assert set(BUILTINS) | {"tf_efficientnet_lite0", "mobilenetv2_100", "inception_v3", "vgg19"} <= set(rows)
+    assert set(BUILTINS) | {
+        "tf_efficientnet_lite0",
+        "mobilenetv2_100",
+        "inception_v3",
+        "vgg19",
+    } <= set(rows)
     assert [name for name, row in rows.items() if row.offline_weights] == ["tf_efficientnet_lite0"]
     for row in rows.values():
         assert len(row.mean) == len(row.std) >= 1

@@ -117,7 +117,9 @@ def test_local_weights_file_fills_the_backbone_and_drops_its_head(
 def test_a_run_checkpoint_can_seed_a_new_backbone(tmp_path: Path) -> None:
     trained = create_model(ModelSpec("simple-cnn", 2, input_size=16))
     save_checkpoint(tmp_path / "run", trained, {})
-    spec = ModelSpec("simple-cnn", 7, input_size=24, pretrained=str(tmp_path / "run" / "model.safetensors"))
+    spec = ModelSpec(
+        "simple-cnn", 7, input_size=24, pretrained=str(tmp_path / "run" / "model.safetensors")
+    )
 
     model = create_model(spec)
 

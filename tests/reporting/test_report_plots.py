@@ -68,7 +68,9 @@ def test_triptych_and_prediction_vectors(tmp_path: Path) -> None:
         grey, grey, tmp_path / "g.png", true_label="0", clean_pred="0", clean_conf=1.0,
         adv_pred="0", adv_conf=1.0,
     )  # fmt: skip
-    _not_blank(plots.plot_prediction_vectors([0.9, 0.1], [0.2, 0.8], ["a", "b"], tmp_path / "v.png"))
+    _not_blank(
+        plots.plot_prediction_vectors([0.9, 0.1], [0.2, 0.8], ["a", "b"], tmp_path / "v.png")
+    )
 
 
 def test_filter_heatmap_is_diverging_and_centred_at_zero(tmp_path: Path) -> None:

@@ -71,11 +71,11 @@ class SweepResult:
 
     def accuracy(self) -> list[float]:
         """Robust accuracy per epsilon (fraction still classified correctly)."""
-        return self.correct.float().mean(1).tolist()
+        return self.correct.double().mean(1).tolist()
 
     def success_rate(self) -> list[float]:
         """Fraction of samples where the attack's goal holds, per epsilon."""
-        return self.success.float().mean(1).tolist()
+        return self.success.double().mean(1).tolist()
 
 
 def accuracy_from_min_eps(min_eps: Tensor, epsilons: Sequence[float]) -> list[float]:
@@ -85,7 +85,7 @@ def accuracy_from_min_eps(min_eps: Tensor, epsilons: Sequence[float]) -> list[fl
     """
     if min_eps.numel() == 0:
         return [float("nan")] * len(epsilons)
-    return [float((min_eps > eps).float().mean()) for eps in epsilons]
+    return [float((min_eps > eps).double().mean()) for eps in epsilons]
 
 
 def sweep(

@@ -228,12 +228,12 @@ def summarise(attack: Any, result: Any, labels: Any, seconds: float) -> dict[str
     clean_correct = result.clean_pred == labels
     correct_count = int(clean_correct.sum())
     success_on_correct = [
-        float(row[clean_correct].float().mean()) if correct_count else math.nan
+        float(row[clean_correct].double().mean()) if correct_count else math.nan
         for row in result.success
     ]
     summary: dict[str, Any] = {
         "n": n,
-        "clean_accuracy": float(clean_correct.float().mean()),
+        "clean_accuracy": float(clean_correct.double().mean()),
         "robust_accuracy": result.accuracy(),
         "success_rate": result.success_rate(),
         "success_rate_on_correct": success_on_correct,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -25,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "history.json). Run the same command again after a crash to resume.",
     )
     add_data_args(parser)
+    parser.add_argument(
+        "--on-corrupt",
+        choices=("skip", "error"),
+        default="skip",
+        help="unreadable files in an image folder: skip them with a warning and a count "
+        "(recorded in config.json) or refuse the data set",
+    )
     add_model_args(parser)
     group = parser.add_argument_group("training")
     group.add_argument("--strategy", default="frozen", help="frozen | finetune | scratch")
@@ -68,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         unfreeze=args.unfreeze,
         finetune_lr_factor=args.finetune_lr_factor,
     )
-    data, model = data_spec_from(args), model_spec_from(args)
+    data = dataclasses.replace(data_spec_from(args), on_corrupt=args.on_corrupt)
+    model = model_spec_from(args)
     objective, defence = None, None
     if args.defence:
         from robustlab.defences import build_defence

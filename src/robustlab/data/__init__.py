@@ -12,7 +12,14 @@ Splits are deterministic in ``DataSpec.seed``; the data layer never normalises.
 
 from robustlab.data.arrays import RawData
 from robustlab.data.download import DownloadError, RemoteFile
-from robustlab.data.loader import clear_caches, dataset_info, load_source, load_splits
+from robustlab.data.loader import (
+    SplitPlan,
+    clear_caches,
+    dataset_info,
+    load_source,
+    load_splits,
+    plan_splits,
+)
 from robustlab.data.registry import (
     DATASETS,
     ENV_DATA_DIR,
@@ -36,6 +43,7 @@ __all__ = [
     "ImageSet",
     "RawData",
     "RemoteFile",
+    "SplitPlan",
     "clear_caches",
     "dataset_info",
     "fetch_dataset",
@@ -43,6 +51,7 @@ __all__ = [
     "list_datasets",
     "load_source",
     "load_splits",
+    "plan_splits",
     "resolve_data_dir",
     "rgb_to_grey",
     "select_classes",

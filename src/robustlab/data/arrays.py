@@ -18,6 +18,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -48,6 +49,9 @@ READ_ERRORS = (
     zlib.error,
     lzma.LZMAError,
 )
+
+
+MAX_CLASSES = 100_000  # labels are class indices; a larger one is a corrupt file, not a class
 
 
 @dataclass(frozen=True, eq=False)
@@ -150,9 +154,7 @@ def _npz_members(path: str, stamp: tuple[int, int]) -> dict[str, tuple[str, int]
     except FileNotFoundError:
         raise UserError(f"file not found: {path}") from None
     except READ_ERRORS as error:
-        raise UserError(
-            f"{path} is not a readable .npz archive ({_reason(error)})"
-        ) from None
+        raise UserError(f"{path} is not a readable .npz archive ({_reason(error)})") from None
 
 
 def read_npz_array(path: Path, key: str) -> np.ndarray:
@@ -223,9 +225,7 @@ def check_images(images: np.ndarray, what: str) -> np.ndarray:
     elif kind in "iu":
         low, high = int(images.min()), int(images.max())
         if low < 0 or high > 255:
-            raise UserError(
-                f"{what}: integer pixels must be in 0..255, got values {low}..{high}"
-            )
+            raise UserError(f"{what}: integer pixels must be in 0..255, got values {low}..{high}")
         out = images.astype(np.uint8)
     elif kind == "f":
         if images.dtype.itemsize > 8:
@@ -264,19 +264,19 @@ def check_labels(labels: np.ndarray, n_images: int, what: str) -> np.ndarray:
             "images); there must be exactly one label per image"
         )
     kind = labels.dtype.kind
-    if kind == "b":
-        labels = labels.astype(np.int64)
-    elif kind == "f":
-        if not np.isfinite(labels).all() or not (labels == np.round(labels)).all():
-            raise UserError(f"{what}: labels must be whole numbers (class indices)")
-        labels = labels.astype(np.int64)
-    elif kind not in "iu":
+    if kind not in "biuf":
         raise UserError(f"{what}: labels must be integer class indices, got dtype {labels.dtype}")
-    if kind == "u" and labels.dtype.itemsize == 8 and labels.max(initial=0) > 2**62:
-        raise UserError(f"{what}: label values are too large")
+    if kind == "f" and not (np.isfinite(labels).all() and (labels == np.round(labels)).all()):
+        raise UserError(f"{what}: labels must be whole numbers (class indices)")
+    if len(labels):
+        low, top = labels.min().item(), labels.max().item()  # Python numbers: no overflow
+        if low < 0:
+            raise UserError(f"{what}: labels must be >= 0, got {low:g}")
+        if top >= MAX_CLASSES:
+            raise UserError(
+                f"{what}: labels must be class indices below {MAX_CLASSES}, got a label of {top:g}"
+            )
     labels = labels.astype(np.int64)
-    if labels.min(initial=0) < 0:
-        raise UserError(f"{what}: labels must be >= 0, got {int(labels.min())}")
     labels.flags.writeable = False
     return labels
 
@@ -302,9 +302,11 @@ def check_class_names(names: np.ndarray | None, labels: np.ndarray, what: str) -
 def check_name_list(names: list[str], top_label: int, what: str) -> tuple[str, ...]:
     if not names or any(not name.strip() for name in names):
         raise UserError(f"{what}: class names must be non-empty strings")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UserError(f"{what}: class names must be unique, '{duplicates[0]}' repeats")
+    if len(names) > MAX_CLASSES:
+        raise UserError(f"{what}: {len(names)} class names; at most {MAX_CLASSES} are supported")
+    repeated = [name for name, count in Counter(names).items() if count > 1]
+    if repeated:
+        raise UserError(f"{what}: class names must be unique, '{repeated[0]}' repeats")
     if top_label >= len(names):
         raise UserError(
             f"{what}: label {top_label} has no class name (only {len(names)} class names given)"

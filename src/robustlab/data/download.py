@@ -67,6 +67,15 @@ def download(
     ``progress=None`` shows the tqdm bar only on a terminal.
     """
     opener = opener or urlopen
+    try:
+        return _download(url, dest, sha256, opener, timeout, progress)
+    except OSError as error:  # the data dir itself cannot be created or written
+        raise DownloadError(f"cannot write {dest}: {error.strerror or error}") from None
+
+
+def _download(
+    url: str, dest: Path, sha256: str | None, opener: Opener, timeout: float, progress: bool | None
+) -> Path:
     digest = hashlib.sha256()
     with atomic_path(dest) as tmp:
         try:

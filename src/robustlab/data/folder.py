@@ -24,6 +24,9 @@ from robustlab.errors import UserError
 
 log = logging.getLogger(__name__)
 
+MAX_PIXELS = (
+    1 << 26
+)  # 67 M pixels (8192 x 8192): larger is a corrupt header or not a data set image
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
@@ -64,6 +67,9 @@ def _decode(path: Path, size: int | None) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DecompressionBombWarning, palette/transparency notes
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"{width}x{height} pixels is larger than {MAX_PIXELS} pixels")
             image.load()
             if image.mode in _GREY_MODES:
                 if image.mode.startswith("I;16") or image.mode == "I":
@@ -92,7 +98,10 @@ def read_folder(root: Path, image_size: int | None = None, on_corrupt: str = "sk
             stamps.append((index, str(path), stat.st_mtime_ns, stat.st_size))
     if loose:
         log.warning(
-            "%s: ignored %d file(s) outside class folders (e.g. %s)", root, len(loose), loose[0].name
+            "%s: ignored %d file(s) outside class folders (e.g. %s)",
+            root,
+            len(loose),
+            loose[0].name,
         )
     return _read_folder_cached(str(root), tuple(classes), tuple(stamps), image_size, on_corrupt)
 
@@ -112,7 +121,7 @@ def _read_folder_cached(
         path = Path(name)
         try:
             array = _decode(path, image_size)
-        except Exception as error:  # noqa: BLE001 - PIL raises many types for bad files
+        except Exception as error:
             reason = _reason(error)
             if on_corrupt == "error":
                 raise UserError(

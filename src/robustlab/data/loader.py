@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,48 @@ from robustlab.data.folder import read_folder
 from robustlab.data.registry import (
     DATASETS,
     canonical_name,
-    get_dataset,
     load_named,
     resolve_data_dir,
 )
-from robustlab.data.spec import DataSpec, DataSplits, ImageSet
+from robustlab.data.spec import SPLIT_NAMES, DataSpec, DataSplits, ImageSet, summary
 from robustlab.data.split import select_classes, split_indices, subsample
 from robustlab.data.transforms import to_tensor
 from robustlab.errors import UserError, suggestion
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class SplitPlan:
+    """Which raw images go where: everything but the pixel conversion."""
+
+    raw: RawData
+    task: str | None
+    classes: tuple[str, ...]
+    index: tuple[np.ndarray, np.ndarray, np.ndarray]  # raw positions of train, val, test
+    labels: tuple[np.ndarray, np.ndarray, np.ndarray]  # their new labels (0..k-1)
+
+
+def plan_splits(
+    spec: DataSpec,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool | None = None,
+    opener: dl.Opener | None = None,
+) -> SplitPlan:
+    """Read the source, then class subset -> limit -> split, on indices only."""
+    raw, task = load_source(spec, data_dir, download=download, opener=opener)
+    positions, labels, classes = select_classes(raw.labels, raw.classes, spec.classes)
+    keep = subsample(labels, spec.limit, spec.seed, stratify=spec.stratify)
+    positions, labels = positions[keep], labels[keep]
+    parts = split_indices(labels, spec.split, spec.seed, stratify=spec.stratify, classes=classes)
+    return SplitPlan(
+        raw=raw,
+        task=task,
+        classes=classes,
+        index=tuple(positions[part] for part in parts),  # type: ignore[arg-type]
+        labels=tuple(labels[part] for part in parts),  # type: ignore[arg-type]
+    )
 
 
 def load_splits(
@@ -55,28 +88,24 @@ def load_splits(
     """
     if isinstance(spec, str):
         spec = DataSpec(name=spec)
-    raw, task = load_source(spec, data_dir, download=download, opener=opener)
-    positions, labels, classes = select_classes(raw.labels, raw.classes, spec.classes)
-    keep = subsample(labels, spec.limit, spec.seed, stratify=spec.stratify)
-    positions, labels = positions[keep], labels[keep]
-    parts = split_indices(labels, spec.split, spec.seed, stratify=spec.stratify, classes=classes)
+    plan = plan_splits(spec, data_dir, download=download, opener=opener)
     sets = [
         ImageSet(
-            images=to_tensor(
-                raw.images, positions[part], channels=spec.channels, size=spec.image_size
-            ),
-            labels=torch.from_numpy(np.ascontiguousarray(labels[part], dtype=np.int64)),
-            classes=classes,
+            images=to_tensor(plan.raw.images, index, channels=spec.channels, size=spec.image_size),
+            labels=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
+            classes=plan.classes,
         )
-        for part in parts
+        for index, labels in zip(plan.index, plan.labels, strict=True)
     ]
     log.debug(
         "loaded %s: %s images, classes %s",
-        raw.source,
+        plan.raw.source,
         "/".join(str(len(s)) for s in sets),
-        classes,
+        plan.classes,
     )
-    return DataSplits(*sets, spec=spec, source=raw.source, task=task, skipped=raw.skipped)
+    return DataSplits(
+        *sets, spec=spec, source=plan.raw.source, task=plan.task, skipped=plan.raw.skipped
+    )
 
 
 def dataset_info(
@@ -85,15 +114,35 @@ def dataset_info(
     *,
     download: bool | None = None,
 ) -> dict[str, Any]:
-    """JSON-able facts for ``robustlab data info``: sizes per split, class counts, image shape."""
+    """JSON-able facts for ``robustlab data info``: sizes per split, class counts, image shape.
+
+    Equal to ``load_splits(spec).info()`` (plus the named set's description) without
+    converting a single pixel.
+    """
     if isinstance(spec, str):
         spec = DataSpec(name=spec)
-    info = load_splits(spec, data_dir, download=download).info()
+    plan = plan_splits(spec, data_dir, download=download)
+    _, height, width, channels = plan.raw.images.shape
+    size = spec.image_size
+    info = summary(
+        spec,
+        source=plan.raw.source,
+        task=plan.task,
+        classes=plan.classes,
+        image_shape=(spec.channels or channels, size or height, size or width),
+        split_labels={
+            name: labels.tolist() for name, labels in zip(SPLIT_NAMES, plan.labels, strict=True)
+        },
+        skipped=plan.raw.skipped,
+    )
     key = canonical_name(spec.name)
     if key is not None:
         named = DATASETS[key]
-        info["dataset"] = {"name": named.name, "description": named.description,
-                           "licence": named.licence}
+        info["dataset"] = {
+            "name": named.name,
+            "description": named.description,
+            "licence": named.licence,
+        }
     return info
 
 
@@ -243,4 +292,11 @@ def clear_caches() -> None:
     _npy_pair_cached.cache_clear()
 
 
-__all__ = ["clear_caches", "dataset_info", "get_dataset", "load_source", "load_splits"]
+__all__ = [
+    "SplitPlan",
+    "clear_caches",
+    "dataset_info",
+    "load_source",
+    "load_splits",
+    "plan_splits",
+]

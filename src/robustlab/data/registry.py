@@ -235,7 +235,9 @@ FASHION_CLASSES = (
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
 
 
-def _idx_files(folder: str, sums: tuple[str, ...], mirrors: tuple[str, ...]) -> tuple[RemoteFile, ...]:
+def _idx_files(
+    folder: str, sums: tuple[str, ...], mirrors: tuple[str, ...]
+) -> tuple[RemoteFile, ...]:
     return tuple(
         RemoteFile(f"{folder}/{name}", sha, tuple(m + name for m in mirrors))
         for name, sha in zip(_IDX_FILES, sums, strict=True)

@@ -135,9 +135,7 @@ class DataSpec:
 
 def _check_classes(classes: Any) -> tuple[str | int, ...]:
     if isinstance(classes, str | bytes) or not hasattr(classes, "__iter__"):
-        raise UserError(
-            f"data.classes must be a list of class names or indices, got {classes!r}"
-        )
+        raise UserError(f"data.classes must be a list of class names or indices, got {classes!r}")
     items = tuple(classes)
     if not items:
         raise UserError("data.classes must name at least one class (or be unset for all)")
@@ -203,21 +201,43 @@ class DataSplits:
 
     def info(self) -> dict[str, Any]:
         """JSON-able summary: spec, source, classes, sizes and class counts per split."""
-        total: Counter[str] = Counter()
-        per_split = {}
-        for name, part in self.items():
-            counts = part.class_counts()
-            per_split[name] = counts
-            total.update(counts)
-        return {
-            "spec": self.spec.to_dict(),
-            "source": self.source,
-            "task": self.task,
-            "classes": list(self.classes),
-            "num_classes": self.num_classes,
-            "image_shape": list(self.train.image_shape),
-            "sizes": {name: len(part) for name, part in self.items()},
-            "total": sum(len(part) for _, part in self.items()),
-            "class_counts": {**per_split, "total": {c: total[c] for c in self.classes}},
-            "skipped_files": self.skipped,
-        }
+        return summary(
+            self.spec,
+            source=self.source,
+            task=self.task,
+            classes=self.classes,
+            image_shape=self.train.image_shape,
+            split_labels={name: part.labels.tolist() for name, part in self.items()},
+            skipped=self.skipped,
+        )
+
+
+def summary(
+    spec: DataSpec,
+    *,
+    source: str,
+    task: str | None,
+    classes: tuple[str, ...],
+    image_shape: tuple[int, int, int],
+    split_labels: dict[str, list[int]],
+    skipped: int,
+) -> dict[str, Any]:
+    """The JSON-able facts of a split (shared by ``DataSplits.info`` and ``dataset_info``)."""
+    counts = {}
+    total: Counter[str] = Counter()
+    for name, labels in split_labels.items():
+        per_class = Counter(labels)
+        counts[name] = {c: per_class.get(i, 0) for i, c in enumerate(classes)}
+        total.update(counts[name])
+    return {
+        "spec": spec.to_dict(),
+        "source": source,
+        "task": task,
+        "classes": list(classes),
+        "num_classes": len(classes),
+        "image_shape": list(image_shape),
+        "sizes": {name: len(labels) for name, labels in split_labels.items()},
+        "total": sum(len(labels) for labels in split_labels.values()),
+        "class_counts": {**counts, "total": {c: total[c] for c in classes}},
+        "skipped_files": skipped,
+    }

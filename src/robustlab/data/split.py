@@ -137,7 +137,9 @@ def split_indices(
             )
         members = members[rng.permutation(len(members))]
         first, second = counts[0], counts[0] + counts[1]
-        for part, chunk in zip(parts, (members[:first], members[first:second], members[second:]), strict=True):
+        for part, chunk in zip(
+            parts, (members[:first], members[first:second], members[second:]), strict=True
+        ):
             part.append(chunk)
     out = []
     for part in parts:

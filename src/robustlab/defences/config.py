@@ -142,7 +142,9 @@ class FastFGSMConfig(DefenceConfig):
     """
 
     name: ClassVar[str] = "fast-fgsm"
-    summary: ClassVar[str] = "fast adversarial training (Wong et al. 2020): FGSM from a random start"
+    summary: ClassVar[str] = (
+        "fast adversarial training (Wong et al. 2020): FGSM from a random start"
+    )
 
     eps: float = 8 / 255
     step_size: float | None = None

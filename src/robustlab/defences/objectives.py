@@ -110,8 +110,14 @@ class PGDTraining(DefenceObjective[PGDTrainingConfig]):
         c = self.config
         start = random_in_ball(x, c.eps, c.norm) if c.random_start else None
         return perturb(
-            model, x, _cross_entropy_sum(y), step_size=c.effective_step_size, steps=c.steps,
-            norm=c.norm, radius=c.eps, start=start,
+            model,
+            x,
+            _cross_entropy_sum(y),
+            step_size=c.effective_step_size,
+            steps=c.steps,
+            norm=c.norm,
+            radius=c.eps,
+            start=start,
         )
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
@@ -127,8 +133,14 @@ class FastFGSMTraining(DefenceObjective[FastFGSMConfig]):
         c = self.config
         start = random_in_ball(x, c.eps, "linf")
         return perturb(
-            model, x, _cross_entropy_sum(y), step_size=c.effective_step_size, steps=1,
-            norm="linf", radius=c.eps, start=start,
+            model,
+            x,
+            _cross_entropy_sum(y),
+            step_size=c.effective_step_size,
+            steps=1,
+            norm="linf",
+            radius=c.eps,
+            start=start,
         )
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
@@ -152,8 +164,14 @@ class TRADESTraining(DefenceObjective[TRADESConfig]):
             return F.kl_div(F.log_softmax(logits, dim=1), clean, reduction="sum")
 
         return perturb(
-            model, x, kl_to_clean, step_size=c.effective_step_size, steps=c.steps, norm=c.norm,
-            radius=c.eps, start=TRADES_INIT_STD * torch.randn_like(x),
+            model,
+            x,
+            kl_to_clean,
+            step_size=c.effective_step_size,
+            steps=c.steps,
+            norm=c.norm,
+            radius=c.eps,
+            start=TRADES_INIT_STD * torch.randn_like(x),
         )
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
@@ -183,9 +201,15 @@ class NSLAdversarialRegularization(DefenceObjective[NSLConfig]):
         c = self.config
         start = random_in_ball(x, c.pgd_epsilon, c.adv_grad_norm) if c.random_init else None
         return perturb(
-            model, x, lambda logits: F.cross_entropy(logits, y),
-            step_size=c.adv_step_size, steps=c.pgd_iterations, norm=c.adv_grad_norm,
-            radius=c.pgd_epsilon, start=start, clip=(c.clip_value_min, c.clip_value_max),
+            model,
+            x,
+            lambda logits: F.cross_entropy(logits, y),
+            step_size=c.adv_step_size,
+            steps=c.pgd_iterations,
+            norm=c.adv_grad_norm,
+            radius=c.pgd_epsilon,
+            start=start,
+            clip=(c.clip_value_min, c.clip_value_max),
         )
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:

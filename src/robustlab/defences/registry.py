@@ -75,7 +75,9 @@ def make_defence(config: DefenceConfig) -> DefenceObjective:
     return objective_type(config)
 
 
-def build_defence(name: str, options: Sequence[str] = ()) -> tuple[DefenceObjective, dict[str, Any]]:
+def build_defence(
+    name: str, options: Sequence[str] = ()
+) -> tuple[DefenceObjective, dict[str, Any]]:
     """Parse and validate a defence from the command line.
 
     name: a registry name (see ``list_defences``). options: ``"key=value"`` strings; values are

@@ -11,7 +11,6 @@ from robustlab.evaluation.adversarials import load_png, quantise, save_adversari
 from robustlab.evaluation.outputs import write_examples, write_robustness_outputs
 from robustlab.evaluation.records import (
     RECORD_FIELDS,
-    accuracy_from_min_eps,
     min_eps_from_grid,
     records_summary,
     sample_records,
@@ -42,7 +41,6 @@ __all__ = [
     "Flag",
     "Outcome",
     "TransferMatrix",
-    "accuracy_from_min_eps",
     "check_compatible",
     "check_epsilons",
     "clean_metrics",

@@ -80,11 +80,12 @@ def save_adversarials(
         )
     out_dir = Path(out_dir)
     indices = torch.arange(len(x)) if indices is None else indices.long()
+    # clone: safetensors refuses tensors that share memory (x_adv may be x where nothing changed)
     tensors = {
-        "original": x.detach().cpu().contiguous().float(),
-        "adversarial": x_adv.detach().cpu().contiguous().float(),
-        "labels": y.cpu().long().contiguous(),
-        "indices": indices.cpu().contiguous(),
+        "original": x.detach().cpu().float().clone(),
+        "adversarial": x_adv.detach().cpu().float().clone(),
+        "labels": y.cpu().long().clone(),
+        "indices": indices.cpu().clone(),
     }
     metadata = {"eps": json.dumps(eps), "classes": json.dumps(list(classes))}
     write_bytes(out_dir / "adversarials.safetensors", safetensors_save(tensors, metadata=metadata))

@@ -28,31 +28,21 @@ RECORD_FIELDS = (
 )  # fmt: skip
 
 
-def min_eps_from_grid(outcome: Outcome, y: torch.Tensor) -> torch.Tensor:
+def min_eps_from_grid(
+    outcome: Outcome, y: torch.Tensor, clean_correct: torch.Tensor | None = None
+) -> torch.Tensor:
     """``(N,)`` smallest swept epsilon at which the image is misclassified (inf: never).
 
-    An upper bound at the sweep's resolution; minimum-norm attacks give a finer
+    0 where ``clean_correct`` says the clean image is already wrong, as minimum-norm attacks
+    report it, so ``robustlab.attacks.accuracy_from_min_eps`` turns either into a curve. An
+    upper bound at the sweep's resolution; minimum-norm attacks give a finer
     ``outcome.min_eps``, which ``sample_records`` prefers.
     """
     wrong = ~outcome.correct(y)  # (E, N)
-    eps = torch.tensor(outcome.epsilons, dtype=torch.float32).unsqueeze(1).expand_as(wrong)
-    return torch.where(wrong, eps, torch.full_like(eps, math.inf)).amin(dim=0)
-
-
-def accuracy_from_min_eps(
-    min_eps: torch.Tensor, clean_correct: torch.Tensor, epsilons: Sequence[float]
-) -> list[float]:
-    """Accuracy at each epsilon implied by per-sample minimal epsilons.
-
-    An image counts as correct at ``eps`` when it is classified correctly clean and its minimal
-    adversarial epsilon is larger than ``eps``. Valid for nested threat models (an L-p ball of
-    radius ``eps`` contains every smaller one), which is what lets one minimum-norm run replace
-    a sweep.
-    """
-    robust = clean_correct.unsqueeze(0) & (
-        min_eps.unsqueeze(0) > torch.tensor(epsilons).unsqueeze(1)
-    )
-    return robust.float().mean(dim=1).tolist()
+    # float64 so that the values are exactly the swept epsilons (JSON, comparisons)
+    eps = torch.tensor(outcome.epsilons, dtype=torch.float64).unsqueeze(1).expand_as(wrong)
+    found = torch.where(wrong, eps, torch.full_like(eps, math.inf)).amin(dim=0)
+    return found if clean_correct is None else torch.where(clean_correct, found, 0.0)
 
 
 def sample_records(
@@ -69,7 +59,9 @@ def sample_records(
     """
     clean_probs = clean_logits.float().softmax(dim=1)
     clean_conf, clean_pred = clean_probs.max(dim=1)
-    min_eps = outcome.min_eps if outcome.min_eps is not None else min_eps_from_grid(outcome, y)
+    min_eps = outcome.min_eps
+    if min_eps is None:
+        min_eps = min_eps_from_grid(outcome, y, clean_pred == y)
     indices = torch.arange(len(y)) if indices is None else indices
     rows = []
     for e, eps in enumerate(outcome.epsilons):

@@ -57,7 +57,9 @@ class ModelSpec:
         if self.pretrained is not None and (
             not isinstance(self.pretrained, str) or not self.pretrained
         ):
-            raise UserError(f"model pretrained must be None or a name/path, got {self.pretrained!r}")
+            raise UserError(
+                f"model pretrained must be None or a name/path, got {self.pretrained!r}"
+            )
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is None:
@@ -124,8 +126,7 @@ class Preprocess(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
             raise UserError(
-                f"model expects images shaped (B, {self.mean.shape[1]}, H, W), "
-                f"got {tuple(x.shape)}"
+                f"model expects images shaped (B, {self.mean.shape[1]}, H, W), got {tuple(x.shape)}"
             )
         size = self.resize_to
         if size is not None and tuple(x.shape[-2:]) != (size, size):

@@ -173,7 +173,9 @@ def _strip_prefixes(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], set
     """Drop DDP 'module.' prefixes; split a robustlab checkpoint into backbone / other keys."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if any(k.startswith("backbone.") for k in state):
-        backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+        backbone = {
+            k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")
+        }
         return backbone, {k for k in state if not k.startswith("backbone.")}
     return state, set()
 

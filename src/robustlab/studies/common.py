@@ -265,13 +265,18 @@ def transfer_step(
 # -------------------------------------------------------------------------------- report
 
 
-def curves_section(run_dir: Path, step: str, section_id: str, intro: str = "") -> Section:
+def curves_section(
+    run_dir: Path, step: str, section_id: str, intro: str = "", label: str = ""
+) -> Section:
     """A report section redrawn from a curves step's ``curves.json``."""
     from robustlab.reporting.results import CURVES_FILE
     from robustlab.reporting.results import curves_section as build
 
     directory = run_dir / step
-    section = build(read_json(directory / CURVES_FILE, "curves result"), directory, run_dir, section_id)
+    data = read_json(directory / CURVES_FILE, "curves result")
+    section = build(data, directory, run_dir, section_id)
+    if label:
+        section.title = f"Robustness: {label} on {data['target']}"
     if intro:
         section.text = f"{intro}\n\n{section.text}"
     return section

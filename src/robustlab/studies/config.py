@@ -314,7 +314,24 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # a plain string that YAML cannot parse, e.g. 'a: b'
-    return parts, value
+    return parts, _numbers(value)
+
+
+_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+
+def _numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-3`` as a string, and ``8/255`` is handy for epsilons: make both numbers."""
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    if isinstance(value, str):
+        if _NUMBER.match(value.strip()):
+            return float(value)
+        fraction = _FRACTION.match(value)
+        if fraction and float(fraction.group(2)) != 0:
+            return float(fraction.group(1)) / float(fraction.group(2))
+    return value
 
 
 def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

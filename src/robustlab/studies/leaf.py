@@ -302,7 +302,11 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
         step = common.curves_step_name(curves)
         if step in results:
             intro = "The source's figure (iterative FGSM, squared-error loss, T = 1)." if i == 0 else ""
-            sections.append(common.curves_section(run_dir, step, f"curves-{curves.name}", intro))
+            sections.append(
+                common.curves_section(
+                    run_dir, step, f"curves-{curves.name}", intro, curves.attack.display
+                )
+            )
     if "examples" in results:
         sections.append(_examples_section(results["examples"], Figure, Section))
     if "transfer-matrix" in results:

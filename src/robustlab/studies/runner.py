@@ -45,7 +45,7 @@ class StepContext:
     """What a step function gets: its folder, earlier results and a per-run object cache."""
 
     run_dir: Path
-    dir: Path  # this step's own output folder (exists)
+    dir: Path  # this step's own output folder (exists; the run dir for unrecorded steps)
     step: str
     results: Mapping[str, Any]  # results of the steps before this one, by step name
     seed: int  # this step's seed (already applied to torch)
@@ -212,7 +212,7 @@ def run_steps(
         log.info("[%d/%d] %s ... (about %s left)", index, total, step.title, format_seconds(left))
         if observer:
             observer("start", step, index, total)
-        step_dir = run_dir / step.name
+        step_dir = run_dir / step.name if step.record else run_dir
         step_dir.mkdir(parents=True, exist_ok=True)
         this_seed = step_seed(seed, step.name)
         _seed_everything(this_seed)

@@ -18,6 +18,7 @@ import copy
 import io
 import logging
 import math
+import pickle
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -101,8 +102,8 @@ def fit(
     state_dir: where the resumable training state is saved after every epoch; a run started
         again with the same arguments continues from the last finished epoch.
     """
-    _check_data("train", *train)
-    _check_data("val", *val)
+    _check_data("train", *train, model)
+    _check_data("val", *val, model)
     cache_features = objective is None and hasattr(model, "features") and hasattr(model, "head")
     objective = objective or cross_entropy_objective
     if config.channels_last:
@@ -308,6 +309,9 @@ def _set_trainable(model: nn.Module, trainable: str) -> None:
     elif trainable.isdigit():
         for block in model.blocks()[-int(trainable) :]:
             freeze(block, False)
+    # Blocks frozen by the model itself (AnB layer transfer) stay frozen in every phase.
+    for module in getattr(model, "frozen_modules", list)():
+        freeze(module, True)
 
 
 def _make_optimizer(params: list[nn.Parameter], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
@@ -321,7 +325,8 @@ def _make_optimizer(params: list[nn.Parameter], config: TrainConfig, lr: float) 
     return torch.optim.RMSprop(params, lr=lr, alpha=0.9, eps=1e-7, weight_decay=config.weight_decay)
 
 
-def _check_data(split: str, images: Tensor, labels: Tensor) -> None:
+def _check_data(split: str, images: Tensor, labels: Tensor, model: nn.Module) -> None:
+    """Refuse data a model cannot learn from, before any epoch runs (errors name the split)."""
     if images.dim() != 4 or len(images) != len(labels):
         raise UserError(
             f"{split} data must be images (N, C, H, W) with N labels, got {tuple(images.shape)} "
@@ -329,6 +334,13 @@ def _check_data(split: str, images: Tensor, labels: Tensor) -> None:
         )
     if len(labels) == 0:
         raise UserError(f"the {split} split is empty")
+    channels = getattr(getattr(model, "spec", None), "in_chans", images.shape[1])
+    if images.shape[1] != channels:
+        raise UserError(
+            f"{split} images have {images.shape[1]} channels but the model takes {channels}"
+        )
+    if not torch.isfinite(images).all():  # NaN would surface later as a misleading divergence
+        raise UserError(f"{split} images hold NaN or infinite pixel values")
 
 
 def _save_state(
@@ -362,9 +374,33 @@ def _load_state(state_dir: str | Path | None) -> dict[str, Any] | None:
     path = Path(state_dir) / STATE_FILE
     try:
         # weights_only: tensors, numbers, strings and containers only; no code can run.
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"refusing to load training state {path}: it holds more than tensors (a pickle that "
+            "could run code); delete it to start over"
+        ) from None
     except Exception as error:
-        raise UserError(f"training state {path} is corrupt ({error}); delete it to start over") from None
+        reason = next((line for line in str(error).splitlines() if line.strip()), "unreadable")
+        raise UserError(
+            f"training state {path} is corrupt ({reason}); delete it to start over"
+        ) from None
+    if not _is_state(state):
+        raise UserError(f"{path} is not a robustlab training state; delete it to start over")
+    return state
+
+
+def _is_state(state: Any) -> bool:
+    """The shape ``_save_state`` writes (a file that merely unpickles is not enough)."""
+    return (
+        isinstance(state, dict)
+        and isinstance(state.get("model"), dict)
+        and isinstance(state.get("optimizer"), dict)
+        and isinstance(state.get("phase"), str)
+        and isinstance(state.get("history"), list)
+        and all(isinstance(h, dict) for h in state["history"])
+        and isinstance(state.get("best"), dict)
+    )
 
 
 def clear_state(state_dir: str | Path) -> None:

@@ -1,0 +1,399 @@
+"""``robustlab evaluate``: clean accuracy, robustness curves with sanity flags, transfer matrices.
+
+Three forms:
+
+* ``robustlab evaluate RUN_DIR [--split test|val|train|all]``: clean accuracy, per-class
+  accuracy and confusion matrix per split, merged into ``RUN_DIR/metrics.json``;
+* ``robustlab evaluate RUN_DIR --attack fgsm --eps 0.01:0.05:5 [--surrogate OTHER_RUN ...]
+  [--noise]``: white-box, black-box (per surrogate) and noise curves, per-sample records,
+  example figures, saved adversarials, sanity flags and ``report.html`` in
+  ``--out`` (default ``RUN_DIR/robustness/<attack>``);
+* ``robustlab evaluate --transfer RUN1 RUN2 ... --attack pgd --eps 0.03 --out DIR``: the
+  N x N transfer matrix on the first run's test split, as JSON, heat map and report.
+
+Runs must share classes and input size to be compared; the data split is rebuilt from the
+(first) run's ``config.json``. Everything the user can get wrong is checked before any model
+or data is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from robustlab.cli.common import add_data_dir
+from robustlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("test", "val", "train")
+ROBUSTNESS_OPTIONS = ("surrogate", "noise", "steps", "loss", "settings", "target_class", "per_eps")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="clean accuracy, robustness curves with sanity checks, transfer matrix, report",
+        description=__doc__.split("\n\n")[1] if __doc__ else None,
+    )
+    parser.add_argument("run_dir", nargs="?", type=Path, help="run directory (robustlab train)")
+    parser.add_argument("--split", default="test", choices=(*SPLITS, "all"), help="(test)")
+    add_data_dir(parser)
+    parser.add_argument("--batch-size", type=int, default=128, help="images per batch (128)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (cpu)")
+    group = parser.add_argument_group("robustness (with --attack)")
+    group.add_argument("--attack", help="attack name: fgsm, ifgsm, pgd, pgd-l2, mifgsm, cw-l2, ...")
+    group.add_argument(
+        "--eps", help="[0, 1] pixel units: 8/255, a list 0.01,0.02 or a range 0.01:0.05:5"
+    )
+    group.add_argument(
+        "--surrogate",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="RUN_DIR",
+        help="black-box: craft on this run's model, score on the target (repeatable)",
+    )
+    group.add_argument("--noise", action="store_true", help="add the random-noise baseline curve")
+    group.add_argument("--steps", type=int, help="iterations of an iterative attack")
+    group.add_argument("--loss", choices=("ce", "mse", "margin"), help="attack loss (ce)")
+    group.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other attack setting, e.g. --set restarts=3",
+    )
+    group.add_argument("--target-class", metavar="CLASS", help="targeted attack (index or name)")
+    group.add_argument(
+        "--per-eps",
+        action="store_true",
+        help="white-box: attack afresh at every eps (leaf study) instead of the worst case",
+    )
+    group.add_argument("--limit", type=int, help="use only the first N images of the split")
+    group.add_argument("--examples", type=int, default=4, help="example figures (4)")
+    group.add_argument(
+        "--save-adversarials",
+        type=int,
+        default=32,
+        metavar="N",
+        help="save the first N white-box adversarials as safetensors + PNG (32)",
+    )
+    group.add_argument(
+        "--no-unbounded-check",
+        action="store_true",
+        help="skip the PGD eps=1 gradient-masking check (the one costly sanity check)",
+    )
+    group.add_argument("--seed", type=int, default=0, help="attack and noise seed (0)")
+    group.add_argument("--out", type=Path, help="results directory")
+    group.add_argument(
+        "--transfer", nargs="+", type=Path, metavar="RUN_DIR", help="transfer matrix over runs"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if args.transfer:
+        if args.run_dir is not None:
+            raise UserError("give either RUN_DIR or --transfer RUN1 RUN2 ..., not both")
+        return run_transfer(args)
+    if args.run_dir is None:
+        raise UserError("RUN_DIR is required (or --transfer RUN1 RUN2 ...)")
+    if args.attack:
+        return run_robustness(args)
+    used = [name for name in ROBUSTNESS_OPTIONS if getattr(args, name) not in (None, False, [])]
+    if used or args.eps:
+        shown = "--" + ", --".join(n.replace("_", "-") for n in used or ["eps"])
+        raise UserError(f"{shown} need(s) --attack")
+    return run_clean(args)
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    name: str
+    path: Path
+    model: Any  # robustlab.models.ImageClassifier, eval mode
+    config: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(name) for name in self.config.get("classes", [])]
+
+
+def load_run(path: Path, device: str, name: str | None = None) -> LoadedRun:
+    """The run's model in eval mode on ``device`` and its config (UserError for a broken run)."""
+    from robustlab.models import load_checkpoint
+
+    model, config = load_checkpoint(path)
+    try:
+        model = model.to(device)
+    except (RuntimeError, AssertionError) as error:  # unknown or unavailable device
+        raise UserError(f"--device {device}: {str(error).splitlines()[0]}") from None
+    return LoadedRun(name or path.resolve().name, path, model.eval(), config)
+
+
+def load_split(run: LoadedRun, split: str, data_dir: Path | None) -> Any:
+    """The run's data splits, rebuilt from its config (``DataSplits``)."""
+    from robustlab.data import DataSpec, load_splits
+
+    if "data" not in run.config:
+        raise UserError(f"{run.path}/config.json has no 'data' entry to rebuild the data split")
+    return load_splits(DataSpec(**run.config["data"]), data_dir)
+
+
+def check_same_task(reference: LoadedRun, other: LoadedRun) -> None:
+    """Two runs can only be compared on one test set if they share classes and input shape."""
+    if other.classes != reference.classes:
+        raise UserError(
+            f"run {other.path} was trained on classes {other.classes} but {reference.path} on "
+            f"{reference.classes}; adversarials can only be scored within one label space"
+        )
+    shape = [(run.model.spec.in_chans, run.model.spec.input_size) for run in (reference, other)]
+    if shape[0] != shape[1]:
+        (c0, s0), (c1, s1) = shape
+        raise UserError(
+            f"run {other.path} takes {c1}x{s1}x{s1} images but {reference.path} takes "
+            f"{c0}x{s0}x{s0}; retrain it on the same input size"
+        )
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Run directory names, disambiguated by their full path when two share a name."""
+    names = [path.resolve().name for path in paths]
+    return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names, strict=True)]
+
+
+def build_attack(args: argparse.Namespace) -> tuple[Any, list[float]]:
+    """The attack (at the largest epsilon) and the sorted epsilons, validated without I/O."""
+    from robustlab.attacks import attack_class, get_attack, parse_eps_list, settings_from_strings
+
+    cls = attack_class(args.attack)
+    if cls.norm == "none":
+        raise UserError(
+            f"attack '{args.attack}' has no epsilon budget, so it has no robustness curve; "
+            "use an eps-bounded attack (fgsm, ifgsm, pgd, pgd-l2, mifgsm, cw-l2, minimal)"
+        )
+    if args.eps is None:
+        raise UserError("--eps is required with --attack (e.g. --eps 8/255 or 0.01:0.05:5)")
+    raw: dict[str, str] = {}
+    for item in args.settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        raw[key.strip()] = value
+    settings = settings_from_strings(args.attack, raw)
+    epsilons = sorted(parse_eps_list(args.eps, field="--eps", high=cls.eps_high))
+    settings.update(eps=max(epsilons), seed=args.seed)
+    if args.steps is not None:
+        settings["steps"] = args.steps
+    if args.loss is not None:
+        settings["loss"] = args.loss
+    return get_attack(args.attack, **settings), epsilons
+
+
+def resolve_class(text: str, classes: list[str]) -> int:
+    """A class given by name or index -> its index."""
+    from robustlab.errors import unknown_name
+
+    if text in classes:
+        return classes.index(text)
+    try:
+        index = int(text)
+    except ValueError:
+        raise unknown_name("target class", text, classes) from None
+    if not 0 <= index < len(classes):
+        raise UserError(f"--target-class {index} is out of range for {len(classes)} classes")
+    return index
+
+
+# ----------------------------------------------------------------------------- clean accuracy
+
+
+def run_clean(args: argparse.Namespace) -> int:
+    """Clean metrics per split, merged into ``RUN_DIR/metrics.json`` (other splits kept)."""
+    from robustlab.evaluation import clean_metrics
+    from robustlab.io import read_json, write_json
+    from robustlab.reporting.results import METRICS_FILE, METRICS_FORMAT
+
+    run = load_run(args.run_dir, args.device)
+    splits = load_split(run, args.split, args.data_dir)
+    names = SPLITS if args.split == "all" else (args.split,)
+    path = run.path / METRICS_FILE
+    previous = read_json(path, "metrics file") if path.is_file() else {}
+    results = dict(previous.get("splits", {})) if previous.get("format") == METRICS_FORMAT else {}
+    for name in names:
+        results[name] = clean_metrics(run.model, getattr(splits, name), args.batch_size)
+        print(f"{name}: accuracy {results[name]['accuracy']:.4f} ({results[name]['n']} images)")
+    write_json(
+        path,
+        {
+            "format": METRICS_FORMAT,
+            "format_version": 1,
+            "run_dir": str(run.path),
+            "model": run.config["model"],
+            "data": run.config.get("data"),
+            "classes": run.classes,
+            "splits": dict(sorted(results.items(), key=lambda item: SPLITS.index(item[0]))),
+            "settings": {"batch_size": args.batch_size, "data_dir": args.data_dir},
+        },
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    """Curves (white-box, black-box per surrogate, noise), records, examples, flags, report."""
+    import torch
+
+    from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
+    from robustlab.reporting import build_report
+
+    if args.split == "all":
+        raise UserError("--split all is for clean accuracy; attack one split (test, val, train)")
+    attack, epsilons = build_attack(args)
+    if args.examples < 0 or args.save_adversarials < 0:
+        raise UserError("--examples and --save-adversarials must be >= 0")
+    names = unique_names([args.run_dir, *args.surrogate])
+    target = load_run(args.run_dir, args.device, names[0])
+    surrogates = [
+        load_run(path, args.device, name)
+        for path, name in zip(args.surrogate, names[1:], strict=True)
+    ]
+    for surrogate in surrogates:
+        check_same_task(target, surrogate)
+    imageset = getattr(load_split(target, args.split, args.data_dir), args.split)
+    classes = target.classes or list(imageset.classes)
+    x, y = imageset.images[: args.limit], imageset.labels[: args.limit]
+    indices = torch.arange(len(y))
+    target_labels = None
+    if args.target_class is not None:
+        wanted = resolve_class(args.target_class, classes)
+        keep = y != wanted  # a targeted attack on an image of the target class is moot
+        x, y, indices = x[keep], y[keep], indices[keep]
+        target_labels = torch.full_like(y, wanted)
+    if len(y) == 0:
+        raise UserError(f"no images to attack in split '{args.split}'")
+    out = args.out or args.run_dir / "robustness" / attack.name
+    kept = range(min(len(y), max(args.save_adversarials, 8 * args.examples)))
+    print(f"{attack.name} on {target.name}: {len(y)} {args.split} images, eps {epsilons}")
+    result = robustness_curves(
+        target.model,
+        x,
+        y,
+        attack,
+        epsilons,
+        surrogates={s.name: s.model for s in surrogates},
+        noise=args.noise,
+        target_name=target.name,
+        target_labels=target_labels,
+        worst_case=not args.per_eps,
+        batch_size=args.batch_size,
+        keep=kept,
+        unbounded_check=not args.no_unbounded_check,
+        seed=args.seed,
+    )
+    result.settings |= {
+        "run_dir": str(args.run_dir),
+        "surrogate_runs": {s.name: str(s.path) for s in surrogates},
+        "split": args.split,
+        "limit": args.limit,
+        "target_class": None if target_labels is None else classes[int(target_labels[0])],
+        "data": target.config.get("data"),
+    }
+    for run in [target, *surrogates]:
+        result.models[run.name] |= {"run_dir": str(run.path), "arch": run.model.spec.arch}
+    write_robustness_outputs(
+        out,
+        result,
+        target.model,
+        x,
+        y,
+        predict_logits(target.model, x, args.batch_size),
+        classes,
+        indices=indices,
+        examples=args.examples,
+        save=args.save_adversarials,
+        show_filter=target_labels is not None,
+        batch_size=args.batch_size,
+    )
+    report = build_report(out)
+    _print_curves(result.to_dict())
+    print(f"wrote {out} (open {report})")
+    return 0
+
+
+def _print_curves(data: dict[str, Any]) -> None:
+    header = f"{'eps':>8} {'/255':>6} " + " ".join(f"{c['label'][:28]:>28}" for c in data["curves"])
+    print(header)
+    for i, eps in enumerate(data["epsilons"]):
+        row = " ".join(f"{c['accuracy'][i]:>28.4f}" for c in data["curves"])
+        print(f"{eps:>8.4g} {eps * 255:>6.3g} {row}")
+    for flag in data["flags"]:
+        print(f"{flag['severity'].upper()} {flag['code']}: {flag['message']}")
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+def run_transfer(args: argparse.Namespace) -> int:
+    """The N x N transfer matrix on the first run's split, as JSON, heat map and report."""
+    from robustlab.evaluation import transfer_matrix
+    from robustlab.io import write_json
+    from robustlab.reporting import build_report
+    from robustlab.reporting.results import TRANSFER_FILE
+
+    if args.split == "all":
+        raise UserError("--split all is for clean accuracy; attack one split (test, val, train)")
+    if len(args.transfer) < 2:
+        raise UserError(f"--transfer needs at least 2 runs, got {len(args.transfer)}")
+    attack, epsilons = build_attack(args)
+    if len(epsilons) != 1:
+        raise UserError(f"--transfer takes one epsilon, got {len(epsilons)} ({args.eps})")
+    runs = [
+        load_run(path, args.device, name)
+        for path, name in zip(args.transfer, unique_names(args.transfer), strict=True)
+    ]
+    for other in runs[1:]:
+        check_same_task(runs[0], other)
+    imageset = getattr(load_split(runs[0], args.split, args.data_dir), args.split)
+    x, y = imageset.images[: args.limit], imageset.labels[: args.limit]
+    out = args.out or args.transfer[0] / "transfer" / attack.name
+    print(f"{attack.name} at eps {epsilons[0]:.4g}: {len(runs)} models, {len(y)} images")
+    matrix = transfer_matrix(
+        {run.name: run.model for run in runs},
+        x,
+        y,
+        attack,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    matrix.settings |= {
+        "runs": {run.name: str(run.path) for run in runs},
+        "split": args.split,
+        "limit": args.limit,
+        "data": runs[0].config.get("data"),
+    }
+    write_json(out / TRANSFER_FILE, matrix.to_dict())
+    report = build_report(out)
+    width = max(len(name) for name in matrix.models) + 6
+    print(" " * width + " ".join(f"{name:>12}" for name in matrix.models))
+    for source, row in zip(matrix.models, matrix.accuracy, strict=True):
+        print(f"{'from ' + source:<{width}}" + " ".join(f"{value:>12.4f}" for value in row))
+    for flag in matrix.flags:
+        print(f"{flag['severity'].upper()} {flag['code']}: {flag['message']}")
+    print(f"wrote {out} (open {report})")
+    return 0

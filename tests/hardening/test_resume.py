@@ -1,0 +1,86 @@
+"""Kill -9 and run the same command again: the final results equal an uninterrupted run's.
+
+Each test starts the real command in a child process, waits for the first unit of work to be
+saved (an epoch's state file, a sweep chunk, a study step's done-marker), SIGKILLs it, checks
+that no half-written file was left, then runs the same command again to the end and compares
+with an uninterrupted run, timing fields aside.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import (
+    DIGITS,
+    SMALL_CNN,
+    call_cli,
+    files_under,
+    read_json,
+    start_cli,
+    without_timing,
+)
+from safetensors.torch import load_file
+
+TRAIN = ("train", *DIGITS, *SMALL_CNN, "--epochs", "3", "--batch-size", "32")
+
+
+def kill_when(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 300
+) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` holds; fail if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if process.poll() is not None:
+            err = process.stderr.read().decode() if process.stderr else ""
+            pytest.fail(f"the command ended (exit {process.returncode}) before the kill:\n{err}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("timed out waiting for the first unit of work")
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    if process.stderr:
+        process.stderr.close()
+    assert process.returncode == -signal.SIGKILL
+
+
+def no_partial_files(folder: Path) -> None:
+    """Nothing half-written: no temporary files of ``robustlab.io.atomic_path`` left behind."""
+    leftovers = [p for p in files_under(folder) if p.name.endswith(".tmp")]
+    assert not leftovers, leftovers
+
+
+def weights_equal(a: Path, b: Path) -> None:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.mark.slow
+def test_training_killed_after_an_epoch_resumes_to_identical_weights(tmp_path, capsys):
+    killed = tmp_path / "killed"
+    child = start_cli([*TRAIN, "--out", killed], tmp_path)
+    kill_when(child, lambda: (killed / "train_state.pt").exists())
+    assert not (killed / "model.safetensors").exists(), "finished before the kill: nothing tested"
+    no_partial_files(killed)
+
+    code, _, err = call_cli([*TRAIN, "--out", killed], capsys)  # the same command again
+    assert code == 0, err
+    code, _, err = call_cli([*TRAIN, "--out", tmp_path / "straight"], capsys)
+    assert code == 0, err
+
+    weights_equal(killed, tmp_path / "straight")
+    history = without_timing(read_json(killed / "history.json"))
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history == without_timing(read_json(tmp_path / "straight" / "history.json"))
+    config = without_timing(read_json(killed / "config.json"))
+    assert config == without_timing(read_json(tmp_path / "straight" / "config.json"))
+    assert not (killed / "train_state.pt").exists()  # cleared once the run is complete
+    no_partial_files(killed)
