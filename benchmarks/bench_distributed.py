@@ -121,13 +121,17 @@ def main() -> None:
         for name in names:
             runs[name].append(measure(*configs[name], args.size))
     print(f"{os.cpu_count()} CPUs, digits at {args.size}px, median of {args.rounds} rounds")
-    print(f"{'workload':<11}" + "".join(f"{name:>11}" for name in configs)
-          + f"{'threads/procs':>15}{'1p1t/procs':>12}")
+    print(
+        f"{'workload':<11}"
+        + "".join(f"{name:>11}" for name in configs)
+        + f"{'threads/procs':>15}{'1p1t/procs':>12}"
+    )
     for workload in ("evaluation", "training"):
         med = {name: statistics.median(r[workload] for r in runs[name]) for name in configs}
         procs = med[f"{n}p x 1t"]
         print(
-            f"{workload:<11}" + "".join(f"{med[name]:>10.2f}s" for name in configs)
+            f"{workload:<11}"
+            + "".join(f"{med[name]:>10.2f}s" for name in configs)
             + f"{med[f'1p x {n}t'] / procs:>15.2f}{med['1p x 1t'] / procs:>12.2f}"
         )
 

@@ -13,10 +13,10 @@ white-box PGD accuracy curve at 5 epsilons is measured three ways, side by side 
 It prints the three curves, the largest disagreement of the min-eps curve with the fixed runs
 (goal: within 2 percentage points at every eps) and the time of each relative to min-eps.
 
-    .venv/bin/python benchmarks/bench_min_eps_curve.py [--train 6000] [--steps 400]
-        [--eval 400] [--pgd-steps 10] [--search-steps 6] [--threads 2]
+    .venv/bin/python benchmarks/bench_min_eps_curve.py [--train 5000] [--steps 200]
+        [--eval 200] [--pgd-steps 10] [--search-steps 5] [--threads 2]
 
-Defaults take about a minute on 2 idle CPU cores (data loading and training included).
+Defaults take 1-3 minutes on 2 CPU cores (busy), data loading and training included.
 """
 
 from __future__ import annotations
@@ -76,11 +76,11 @@ def timed(function, *args, **kwargs):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=int, default=6000, help="images loaded (70 %% train)")
-    parser.add_argument("--steps", type=int, default=400, help="training steps")
-    parser.add_argument("--eval", type=int, default=400, help="test images attacked")
+    parser.add_argument("--train", type=int, default=5000, help="images loaded (70 %% train)")
+    parser.add_argument("--steps", type=int, default=200, help="training steps")
+    parser.add_argument("--eval", type=int, default=200, help="test images attacked")
     parser.add_argument("--pgd-steps", type=int, default=10)
-    parser.add_argument("--search-steps", type=int, default=6, help="bisection steps")
+    parser.add_argument("--search-steps", type=int, default=5, help="bisection steps")
     parser.add_argument("--batch-size", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -116,7 +116,7 @@ def main() -> None:
     for eps, a, b, c in zip(EPSILONS, fixed, swept.accuracy(), from_min, strict=True):
         gaps.append(abs(c - a) * 100)
         print(f"{eps:>7.3f} {eps * 255:>6.2f} {a:>8.4f} {b:>8.4f} {c:>8.4f} {gaps[-1]:>7.2f}")
-    verdict = "meets" if max(gaps) <= GOAL_PP else "misses"
+    verdict = "meets" if max(gaps) <= GOAL_PP + 1e-9 else "misses"  # 4/200 is 2.0000000001 pp
     print(f"\nlargest disagreement min-eps vs fixed: {max(gaps):.2f} pp ({verdict} the "
           f"{GOAL_PP:g} pp goal)")  # fmt: skip
     print(f"time: fixed {t_fixed:.2f} s, sweep {t_sweep:.2f} s, min-eps {t_min:.2f} s")

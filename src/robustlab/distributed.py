@@ -39,9 +39,10 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from tqdm.auto import tqdm
 
 from robustlab.errors import UserError
-from robustlab.io import write_bytes
+from robustlab.io import write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ def map_chunks(
     *,
     seed: int | None = None,
     store: ChunkStore | None = None,
+    progress: str | None = None,
 ) -> list[T]:
     """Run ``fn(part)`` on every chunk of ``range(n_items)``, sharded over ranks; in order.
 
@@ -259,10 +261,13 @@ def map_chunks(
     identical to what one process computes alone. ``fn`` should return CPU tensors.
     ``store``: save each finished chunk there, and reuse the chunks already saved (resume);
     ``fn`` must then not return None (None means "not saved").
+    ``progress``: the label of a progress bar over this rank's chunks (rank 0 only).
     """
     local: dict[int, T] = {}
     reused = 0
-    for part in shard_chunks(n_items, chunk_size):
+    parts = shard_chunks(n_items, chunk_size)
+    bar = tqdm(parts, desc=progress, unit="chunk", disable=progress is None or not is_main())
+    for part in bar:
         index = part.start // chunk_size
         result = store.load(index) if store is not None else None
         if result is not None:
@@ -326,8 +331,7 @@ def report_user_error(message: str) -> bool:
     folder = os.environ.get(ENV_ERROR_DIR)
     if not folder:
         return False
-    path = Path(folder) / f"rank{os.environ.get('RANK', '0')}.txt"
-    path.write_text(message, encoding="utf-8")  # a private temp folder: no atomicity needed
+    write_text(Path(folder) / f"rank{os.environ.get('RANK', '0')}.txt", message)
     return True
 
 
@@ -348,15 +352,15 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)
     with tempfile.TemporaryDirectory(prefix="robustlab-dist-") as errors:
         os.environ[ENV_ERROR_DIR] = errors
-        args = parse_args(
-            ["--standalone", f"--nproc-per-node={nproc}", "-m", "robustlab", *argv]
-        )
+        args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "-m", "robustlab", *argv])
         try:
             torchrun(args)
         except ChildFailedError as failure:
             messages = sorted(Path(errors).glob("rank*.txt"))
             if messages:
-                print(f"robustlab: error: {messages[0].read_text(encoding='utf-8')}", file=sys.stderr)
+                print(
+                    f"robustlab: error: {messages[0].read_text(encoding='utf-8')}", file=sys.stderr
+                )
                 return 2
             ranks = ", ".join(
                 f"rank {r} (exit code {f.exitcode})" for r, f in sorted(failure.failures.items())

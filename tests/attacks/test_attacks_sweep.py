@@ -165,3 +165,31 @@ def test_sweep_errors(model, batch):
         sweep(FGSM(), model, x, y[:3], [0.1])
     empty = sweep(FGSM(), model, x[:0], y[:0], [0.1, 0.2])
     assert empty.success.shape == (2, 0)
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_batch_size_caps_what_the_model_sees(name, model, batch):
+    x, y = batch
+    attack = make_attack(name)
+    epsilons = EPSILONS[attack.norm][:3]
+    for keep in (True, False):
+        counting = CountingModel(model).eval()
+        capped = sweep(attack, counting, x, y, epsilons, keep_adversarials=keep, batch_size=5)
+        assert max(n for n, _ in counting.calls) <= 5
+        whole = sweep(attack, model, x, y, epsilons, keep_adversarials=keep)
+        if name in ("fgsm", "sign-noise", "gaussian-noise", "ifgsm", "mifgsm") and keep:
+            assert torch.equal(capped.success, whole.success)  # deterministic per sample
+
+
+def test_streaming_refills_the_window(model, batch):
+    """Early-stopped samples give their slot to the next one: batches stay full but the tail."""
+    x, y = batch
+    x, y = torch.cat([x] * 4), torch.cat([y] * 4)  # 48 images
+    counting = CountingModel(model).eval()
+    attack = PGD(steps=10, restarts=2)
+    streamed = sweep(attack, counting, x, y, [0.01], keep_adversarials=False, batch_size=8)
+    sizes = [n for n, needs_grad in counting.calls if needs_grad]
+    assert max(sizes) == 8 and sizes.count(8) >= len(sizes) / 2
+    full = sweep(attack, model, x, y, [0.01], keep_adversarials=True, batch_size=8)
+    assert streamed.accuracy()[0] <= full.accuracy()[0]
+    assert streamed.images_forwarded < full.images_forwarded

@@ -158,3 +158,19 @@ def test_bad_input_gives_one_line_errors(
         capsys, ["evaluate", target, "--attack", "fgsm", "--eps", "0.1", "--surrogate", str(other)]
     )
     assert "trained on classes ['0', '1', '2']" in message
+
+
+def test_targeted_attack_shows_the_learned_filter(runs, tmp_path: Path, digits: DataSplits) -> None:
+    out = tmp_path / "targeted"
+    argv = [
+        "evaluate", str(runs["target"]), "--attack", "pgd", "--eps", "0.3", "--steps", "5",
+        "--target-class", "3", "--limit", "30", "--examples", "1", "--save-adversarials", "0",
+        "--no-unbounded-check", "--out", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    curves = json.loads((out / "curves.json").read_text())
+    assert curves["settings"]["targeted"] and curves["settings"]["target_class"] == "3"
+    assert curves["n"] == int((digits.test.labels[:30] != 3).sum())  # class-3 images left out
+    figures = [f["path"] for f in json.loads((out / "examples.json").read_text())["figures"]]
+    assert any(path.endswith("_filter.png") for path in figures)
+    assert not (out / "adversarials").exists()

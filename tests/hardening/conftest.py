@@ -7,6 +7,7 @@ in-process for the many input checks (the same code path minus the interpreter s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -104,6 +105,21 @@ def without_timing(value: Any) -> Any:
 
 def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid run directory (untrained small-cnn on digits at 12 px): attacks need one."""
+    from robustlab.data import DataSpec
+    from robustlab.models import ModelSpec, create_model, save_checkpoint
+
+    folder = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(arch="small-cnn", num_classes=10, in_chans=1, input_size=12))
+    data = DataSpec(name="digits", image_size=12)
+    config = {"classes": [str(i) for i in range(10)], "data": dataclasses.asdict(data)}
+    save_checkpoint(folder, model, config)
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import sys
 import torch
 
 from robustlab import distributed
-from robustlab.attacks import get_attack, sweep
+from robustlab.attacks import get_attack, sweep, sweep_dataset
 from robustlab.data import DataSpec, load_splits
 from robustlab.models import ModelSpec, create_model
 
@@ -20,7 +20,12 @@ EPSILONS = [0.05, 0.1]
 
 
 def evaluation() -> dict[str, torch.Tensor]:
-    """PGD from random starts drawn from the *global* RNG (seed=None) on 100 digits."""
+    """Two sharded PGD evaluations of 100 digits.
+
+    ``sweep_dataset`` (what ``robustlab attack`` runs) with the attack's own seeded generator,
+    and a bare ``map_chunks`` whose random starts come from the *global* RNG (``seed=None``),
+    seeded per chunk by ``map_chunks(seed=...)``.
+    """
     test = load_splits(DataSpec("digits", image_size=12)).test
     images, labels = test.images[:100], test.labels[:100]
     torch.manual_seed(0)
@@ -37,7 +42,18 @@ def evaluation() -> dict[str, torch.Tensor]:
         }
 
     parts = distributed.map_chunks(chunk, len(labels), CHUNK, seed=7)
+    library = sweep_dataset(
+        get_attack("pgd", eps=max(EPSILONS), steps=3, seed=0),
+        model,
+        images,
+        labels,
+        EPSILONS,
+        batch_size=CHUNK,
+    )
     return {
+        "sweep_dataset_adversarials": torch.stack(library.adversarials),
+        "sweep_dataset_correct": library.correct,
+        "sweep_dataset_linf": library.delta_linf,
         "adversarials": torch.cat([p["adversarials"] for p in parts], dim=1),
         "correct": torch.cat([p["correct"] for p in parts], dim=1),
         "clean_pred": torch.cat([p["clean_pred"] for p in parts]),

@@ -23,6 +23,7 @@ from conftest import (
     cli_env,
     read_json,
     run_cli,
+    without_timing,
 )
 from safetensors.torch import load_file
 
@@ -32,8 +33,8 @@ from robustlab.distributed import ChunkStore, chunk_block, chunk_slices, map_chu
 WORKER = Path(__file__).with_name("dist_worker.py")
 # Largest |w_2proc - w_1proc| after 2 epochs (~80 Adam steps): rounding-level differences
 # (measured ~1e-6) that Adam's normalisation can amplify a little, far below a real change.
-WEIGHT_TOLERANCE = 1e-3
-TRAIN = ("train", *DIGITS, *SMALL_CNN, "--epochs", "2", "--batch-size", "32")
+WEIGHT_TOLERANCE = 1e-4
+TRAIN = ("train", *DIGITS, *SMALL_CNN, "--epochs", "2", "--batch-size", "32", "--limit", "600")
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -126,8 +127,10 @@ def test_sharded_evaluation_over_2_processes_equals_1_process_bit_for_bit(tmp_pa
     finally:
         torch.set_num_threads(threads)
     assert int(two["world_size"]) == 2 and int(one["world_size"]) == 1
-    for key in ("adversarials", "correct", "clean_pred"):
-        assert torch.equal(one[key], two[key]), key
+    assert one.keys() == two.keys()
+    for key in one:
+        if key != "world_size":
+            assert torch.equal(one[key], two[key]), key
     # the random starts did something: the adversarials differ from a plain copy
     assert not torch.equal(one["adversarials"][0], one["adversarials"][1])
 
@@ -153,9 +156,10 @@ def test_nproc_2_training_matches_one_process_and_only_rank0_writes(tmp_path, ca
     h1 = read_json(tmp_path / "one" / "history.json")
     h2 = read_json(tmp_path / "two" / "history.json")
     assert [h["epoch"] for h in h1] == [h["epoch"] for h in h2] == [1, 2]
+    n_val = read_json(tmp_path / "one" / "config.json")["data_info"]["sizes"]["val"]
     for a, b in zip(h1, h2, strict=True):
-        # every epoch saw every training image once, scored on the whole val split
-        assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 0.01
+        # every epoch saw every training image once; at most one val image may flip
+        assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 1 / n_val + 1e-12
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
 
 
@@ -163,3 +167,46 @@ def test_nproc_user_error_is_one_line_from_the_launcher(tmp_path):
     done = run_cli(["--nproc", "2", *TRAIN, "--data", "digitz", "--out", tmp_path / "x"], tmp_path)
     assert_one_line_error(done.returncode, done.stderr, "unknown data set 'digitz'", "digits")
     assert not (tmp_path / "x").exists()
+
+
+def attack_cli_is_distributed() -> bool:
+    from robustlab.cli import build_parser
+
+    args = ["attack", "run", "--attack", "fgsm", "--eps", "0.1", "--out", "x"]
+    return bool(getattr(build_parser().parse_args(args), "distributed", False))
+
+
+@pytest.mark.slow
+def test_nproc_2_attack_equals_one_process_bit_for_bit(untrained_run, tmp_path, capsys):
+    if not attack_cli_is_distributed():
+        pytest.xfail(
+            "robustlab attack does not shard over torchrun yet (hook: docs/DISTRIBUTED.md)"
+        )
+    args = [
+        "attack",
+        untrained_run,
+        "--attack",
+        "pgd",
+        "--eps",
+        "0.05,0.1",
+        "--steps",
+        "3",
+        "--batch-size",
+        "16",
+        "--limit",
+        "100",
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank
+    try:
+        code, _, err = call_cli([*args, "--out", tmp_path / "one"], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    two = run_cli(["--nproc", "2", *args, "--out", tmp_path / "two"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_json = without_timing(read_json(tmp_path / "one" / "attack.json"))
+    assert one_json == without_timing(read_json(tmp_path / "two" / "attack.json"))
+    a = load_file(tmp_path / "one" / "adversarials.safetensors")
+    b = load_file(tmp_path / "two" / "adversarials.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -72,7 +72,7 @@ def check_splits(spec: DataSpec) -> None:
         assert part.images.dtype == torch.float32 and part.images.ndim == 4
         assert torch.isfinite(part.images).all()
         if part.images.numel():
-            assert 0.0 <= float(part.images.min()) and float(part.images.max()) <= 1.0
+            assert float(part.images.min()) >= 0.0 and float(part.images.max()) <= 1.0
         assert len(part.images) == len(part.labels)
 
 
@@ -89,7 +89,9 @@ def test_random_bytes_into_load_splits(data: bytes, kind: str) -> None:
         target.write_bytes(data)
         if kind.endswith(".npy"):  # give the other half of the pair a valid array
             other = "labels.npy" if kind == "images.npy" else "images.npy"
-            valid = np.zeros(4, np.int64) if other == "labels.npy" else np.zeros((4, 5, 5, 1), np.uint8)
+            valid = (
+                np.zeros(4, np.int64) if other == "labels.npy" else np.zeros((4, 5, 5, 1), np.uint8)
+            )
             np.save(root / other, valid)
         source = str(target) if kind.endswith(".npz") else folder
         check_splits(DataSpec(source, split=SPLIT))
@@ -104,7 +106,9 @@ IMAGE_DTYPES = st.sampled_from(["u1", "f4", "f8", "i2", "b1", "f2"])
         IMAGE_DTYPES,
         hnp.array_shapes(min_dims=2, max_dims=5, min_side=0, max_side=6),
     ),  # float arrays include NaN and inf
-    labels=hnp.arrays("i8", hnp.array_shapes(min_dims=1, max_dims=2, max_side=8), elements=st.integers(-2, 5)),
+    labels=hnp.arrays(
+        "i8", hnp.array_shapes(min_dims=1, max_dims=2, max_side=8), elements=st.integers(-2, 5)
+    ),
     image_size=st.none() | st.integers(1, 7),
     channels=st.none() | st.sampled_from([1, 3]),
     stratify=st.booleans(),
@@ -152,7 +156,9 @@ SCALARS = (
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -198,8 +204,24 @@ def test_random_values_in_the_preset_dict(changes, extra) -> None:
     overrides=st.lists(
         st.tuples(
             st.lists(
-                st.sampled_from(["data", "models", "curves", "*", "0", "9", "finetune", "eps",
-                                 "epochs", "limit", "name", "attack", "settings", "x"]),
+                st.sampled_from(
+                    [
+                        "data",
+                        "models",
+                        "curves",
+                        "*",
+                        "0",
+                        "9",
+                        "finetune",
+                        "eps",
+                        "epochs",
+                        "limit",
+                        "name",
+                        "attack",
+                        "settings",
+                        "x",
+                    ]
+                ),
                 min_size=1,
                 max_size=4,
             ),

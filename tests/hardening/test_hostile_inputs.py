@@ -8,7 +8,6 @@ real ``python -m robustlab`` child for the ones where the process boundary matte
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import pickle
@@ -28,7 +27,6 @@ from conftest import (
 )
 from PIL import Image
 
-from robustlab.data import DataSpec
 from robustlab.errors import UserError
 from robustlab.io import write_json
 from robustlab.models import ModelSpec, create_model, save_checkpoint
@@ -71,18 +69,6 @@ def npy_source(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
 
 def grey(n: int, size: int = 12) -> np.ndarray:
     return np.random.default_rng(n).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A valid run directory (untrained small-cnn on digits at 12 px): attacks need one."""
-    folder = tmp_path_factory.mktemp("run")
-    torch.manual_seed(0)
-    model = create_model(ModelSpec(arch="small-cnn", num_classes=10, in_chans=1, input_size=12))
-    data = DataSpec(name="digits", image_size=12)
-    config = {"classes": [str(i) for i in range(10)], "data": dataclasses.asdict(data)}
-    save_checkpoint(folder, model, config)
-    return folder
 
 
 def broken_run(run_dir: Path, tmp_path: Path, weights: bytes) -> Path:
@@ -177,9 +163,7 @@ def test_corrupt_files_are_refused_when_configured(tmp_path, capsys):
     root = image_folder(tmp_path / "pets")
     (root / "dog" / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(50))
     out = tmp_path / "out"
-    code, _, err = call_cli(
-        [*TRAIN, "--data", root, "--on-corrupt", "error", "--out", out], capsys
-    )
+    code, _, err = call_cli([*TRAIN, "--data", root, "--on-corrupt", "error", "--out", out], capsys)
     assert_one_line_error(code, err, "cannot decode image", "garbage.png")
     assert files_under(out) == []
 
@@ -216,9 +200,9 @@ def test_bad_training_names_and_settings(args, needles, tmp_path, capsys):
         (["--attack", "pgdd", "--eps", "0.1"], ["unknown attack 'pgdd'", "did you mean 'pgd'"]),
     ],
 )
-def test_bad_attack_settings(args, needles, run_dir, tmp_path, capsys):
+def test_bad_attack_settings(args, needles, untrained_run, tmp_path, capsys):
     out = tmp_path / "out"
-    code, _, err = call_cli(["attack", run_dir, *args, "--out", out], capsys)
+    code, _, err = call_cli(["attack", untrained_run, *args, "--out", out], capsys)
     assert_one_line_error(code, err, *needles)
     assert files_under(out) == []
 
@@ -264,22 +248,26 @@ def test_malicious_training_state_runs_no_code(tmp_path, capsys):
     assert [p.name for p in files_under(out)] == ["train_state.pt"]  # left for the user
 
 
-def test_malicious_pickle_in_a_run_directory_runs_no_code(run_dir, tmp_path, capsys):
+def test_malicious_pickle_in_a_run_directory_runs_no_code(untrained_run, tmp_path, capsys):
     marker = tmp_path / "PWNED"
     weights = pickle.dumps({"w": Planted(marker)}, protocol=2)
-    broken = broken_run(run_dir, tmp_path, weights)
+    broken = broken_run(untrained_run, tmp_path, weights)
     out = tmp_path / "out"
-    code, _, err = call_cli(["attack", broken, "--attack", "fgsm", "--eps", "0.1", "--out", out], capsys)
+    code, _, err = call_cli(
+        ["attack", broken, "--attack", "fgsm", "--eps", "0.1", "--out", out], capsys
+    )
     assert_one_line_error(code, err, "model.safetensors", "corrupt")
     assert not marker.exists()
     assert files_under(out) == []
 
 
-def test_truncated_safetensors_is_refused(run_dir, tmp_path, capsys):
-    data = (run_dir / "model.safetensors").read_bytes()
-    broken = broken_run(run_dir, tmp_path, data[: len(data) // 2])
+def test_truncated_safetensors_is_refused(untrained_run, tmp_path, capsys):
+    data = (untrained_run / "model.safetensors").read_bytes()
+    broken = broken_run(untrained_run, tmp_path, data[: len(data) // 2])
     out = tmp_path / "out"
-    code, _, err = call_cli(["attack", broken, "--attack", "fgsm", "--eps", "0.1", "--out", out], capsys)
+    code, _, err = call_cli(
+        ["attack", broken, "--attack", "fgsm", "--eps", "0.1", "--out", out], capsys
+    )
     assert_one_line_error(code, err, "truncated or corrupt")
     assert files_under(out) == []
 
@@ -333,13 +321,16 @@ def test_full_disk_in_native_writers_is_a_user_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(safetensors.torch, "save_file", rust_full)
     model = create_model(ModelSpec(arch="small-cnn", num_classes=2, in_chans=1, input_size=12))
-    with pytest.raises(UserError, match="model.safetensors: No space left on device"):
+    with pytest.raises(UserError, match=r"model\.safetensors: No space left on device"):
         save_checkpoint(tmp_path / "run", model, {"classes": ["a", "b"]})
     assert files_under(tmp_path) == []
 
     # torch.save's message names no errno: the file system itself is asked
     monkeypatch.setattr(os, "statvfs", lambda _: os.statvfs_result((4096,) * 3 + (0,) * 7))
-    with pytest.raises(UserError, match="No space left on device"), atomic_path(tmp_path / "s.pt") as tmp:
+    with (
+        pytest.raises(UserError, match="No space left on device"),
+        atomic_path(tmp_path / "s.pt") as tmp,
+    ):
         tmp.write_bytes(b"half")
         raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 576 vs 534")
     assert files_under(tmp_path) == []
@@ -348,6 +339,6 @@ def test_full_disk_in_native_writers_is_a_user_error(tmp_path, monkeypatch):
 def test_full_disk_while_training_exits_2_with_nothing_written(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(Path, "write_bytes", _disk_full)
     out = tmp_path / "out"
-    code, _, err = call_cli([*TRAIN, *DIGITS, "--out", out], capsys)
+    code, _, err = call_cli([*TRAIN, *DIGITS, "--limit", "100", "--out", out], capsys)
     assert_one_line_error(code, err, "could not write", "No space left on device")
     assert files_under(out) == []

@@ -2,11 +2,12 @@
 
 One contract (see ``robustlab.attacks.base``): an attack holds validated settings and is
 called as ``attack(model, x, y, target=None) -> x_adv``. Build attacks by name with
-``get_attack``; run a whole accuracy-vs-epsilon curve with ``sweep``.
+``get_attack``; run a whole accuracy-vs-epsilon curve with ``sweep``::
 
->>> attack = get_attack("pgd", eps=8 / 255, steps=10)
->>> result = sweep(attack, model, x, y, [0.01, 0.02, 0.03], keep_adversarials=False)
->>> result.accuracy()
+    attack = get_attack("pgd", eps=8 / 255, steps=10)
+    x_adv = attack(model, x, y)                      # (B, C, H, W) in [0, 1]
+    curve = sweep(attack, model, x, y, [0.01, 0.02, 0.03], keep_adversarials=False)
+    curve.accuracy()                                 # robust accuracy per epsilon
 """
 
 from robustlab.attacks.base import (

@@ -17,7 +17,8 @@ gradients come from ``torch.autograd.grad``, so no ``.grad`` is ever written. A 
 mode is refused unless ``train_mode='eval'`` (attack in eval mode, restore afterwards) or
 ``train_mode='keep'`` (attack it as it is; BatchNorm running statistics will then move).
 Randomness comes from a private ``torch.Generator`` seeded with ``seed`` (``None``: the global
-RNG), so the same seed gives the same output and the global RNG is not consumed.
+RNG), so the same seed gives the same output and the global RNG is not consumed (except by the
+model itself, e.g. dropout under ``train_mode='keep'``).
 
 Models may return a tensor, a tuple/list (logits first) or a dict / object with ``logits``:
 ``logits_from_output`` is the one adapter, ``as_logits_model`` its ``nn.Module`` form.
@@ -154,6 +155,12 @@ def _labels(field: str, labels: Any, batch: int, device: torch.device) -> Tensor
     return labels.long()
 
 
+def chunks(total: int, size: int | None) -> list[slice]:
+    """Consecutive slices of at most ``size`` (``None``: one slice) covering ``range(total)``."""
+    step = max(size or total, 1)
+    return [slice(start, start + step) for start in range(0, total, step)] or [slice(0, 0)]
+
+
 # ----------------------------------------------------------------------------- model guard
 
 
@@ -211,9 +218,9 @@ class ModelView:
         return logits
 
     @torch.no_grad()
-    def predict(self, x: Tensor) -> Tensor:
-        """Predicted classes ``(B,)`` for ``x``."""
-        return self(x).argmax(1)
+    def predict(self, x: Tensor, batch_size: int | None = None) -> Tensor:
+        """Predicted classes ``(B,)`` for ``x``, at most ``batch_size`` images at a time."""
+        return torch.cat([self(x[part]).argmax(1) for part in chunks(x.shape[0], batch_size)])
 
     def validate(self, x: Tensor) -> None:
         """Check labels against the model once, for attacks that never run the model."""
@@ -424,23 +431,20 @@ class Attack:
         raise NotImplementedError
 
     def _sweep_runner(
-        self, view: ModelView, x: Tensor, y: Tensor, target: Tensor | None, keep: bool
+        self,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        keep: bool,
+        batch_size: int | None,
     ) -> SweepRunner:
-        """Default: a fresh seeded run per epsilon; early stopping when adversarials aren't kept."""
+        """How a sweep gets this attack's adversarials at each epsilon (see ``SweepRunner``).
 
-        def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
-            sub_x = x[idx]
-            return self._perturb(
-                view,
-                sub_x,
-                y[idx],
-                None if target is None else target[idx],
-                self._eps_tensor(sub_x, eps),
-                self._generator(x.device),
-                not keep,
-            )
-
-        return SweepRunner(run)
+        ``keep``: the caller keeps the adversarials (no early stopping); ``batch_size``: the
+        most images the model may see at once (``None``: all of ``x``).
+        """
+        raise NotImplementedError
 
 
 class DirectionAttack(Attack):
@@ -479,14 +483,28 @@ class DirectionAttack(Attack):
         return self._apply(x, direction, eps), None
 
     def _sweep_runner(
-        self, view: ModelView, x: Tensor, y: Tensor, target: Tensor | None, keep: bool
+        self,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        keep: bool,
+        batch_size: int | None,
     ) -> SweepRunner:
-        direction, logits = self._direction(view, x, y, target, self._generator(x.device))
+        generator = self._generator(x.device)
+        directions, preds = [], []
+        for part in chunks(x.shape[0], batch_size):
+            sub_target = None if target is None else target[part]
+            direction, logits = self._direction(view, x[part], y[part], sub_target, generator)
+            directions.append(direction)
+            preds.append(None if logits is None else logits.argmax(1))
+        direction = torch.cat(directions)
+        clean_pred = None if preds[0] is None else torch.cat(preds)  # type: ignore[arg-type]
 
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
             return self._apply(x[idx], direction[idx], eps), None
 
-        return SweepRunner(run, clean_pred=None if logits is None else logits.argmax(1))
+        return SweepRunner(run, clean_pred=clean_pred)
 
 
 class MinimumNormAttack(Attack):
@@ -548,9 +566,19 @@ class MinimumNormAttack(Attack):
         return project(x_min, x, eps, self.norm), None
 
     def _sweep_runner(
-        self, view: ModelView, x: Tensor, y: Tensor, target: Tensor | None, keep: bool
+        self,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        keep: bool,
+        batch_size: int | None,
     ) -> SweepRunner:
-        x_min, min_eps, clean_pred = self._minimize(view, x, y, target)
+        parts = [
+            self._minimize(view, x[part], y[part], None if target is None else target[part])
+            for part in chunks(x.shape[0], batch_size)
+        ]
+        x_min, min_eps, clean_pred = (torch.cat(values) for values in zip(*parts, strict=True))
 
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
             return project(x_min[idx], x[idx], eps, self.norm), None

@@ -18,8 +18,10 @@ from torch import Tensor
 from robustlab.attacks.base import (
     Attack,
     ModelView,
+    SweepRunner,
     check_bool,
     check_int,
+    chunks,
     flat_norm,
     input_gradient,
     is_success,
@@ -43,12 +45,28 @@ class _Work:
     alpha: Tensor  # (A, 1, 1, 1) step size
     lower: Tensor  # (A, C, H, W) box and Linf ball, intersected
     upper: Tensor
+    count: Tensor  # (A,) steps taken so far
     momentum: Tensor | None = None  # MI-FGSM's accumulated gradient
+
+    def __len__(self) -> int:
+        return self.idx.shape[0]
+
+    def _values(self) -> dict[str, Tensor | None]:
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
     def select(self, keep: Tensor) -> _Work:
         """The same work restricted to the samples where ``keep`` is true (new tensors)."""
-        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        return _Work(**{name: None if v is None else v[keep] for name, v in values.items()})
+        return _Work(**{name: None if v is None else v[keep] for name, v in self._values().items()})
+
+    def extend(self, other: _Work) -> _Work:
+        """This work followed by ``other`` (new tensors)."""
+        theirs = other._values()
+        return _Work(
+            **{
+                name: None if v is None else torch.cat([v, theirs[name]])  # type: ignore[list-item]
+                for name, v in self._values().items()
+            }
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,8 +105,10 @@ class IterativeAttack(Attack):
         eps: Tensor,
         generator: torch.Generator | None,
         stop_on_success: bool,
+        window: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        best, pred = self._run(view, x, y, target, eps, generator, stop_on_success)
+        """See ``Attack._perturb``; ``window`` caps the working batch when stopping early."""
+        best, pred = self._run(view, x, y, target, eps, generator, stop_on_success, window)
         if self._restarts() == 1:
             return best, pred
         if stop_on_success:  # later restarts only attack the samples still standing
@@ -99,7 +119,7 @@ class IterativeAttack(Attack):
                     break
                 sub_t = None if target is None else target[todo]
                 again, again_pred = self._run(
-                    view, x[todo], y[todo], sub_t, eps[todo], generator, True
+                    view, x[todo], y[todo], sub_t, eps[todo], generator, True, window
                 )
                 assert again_pred is not None
                 best[todo], pred[todo] = again, again_pred
@@ -117,6 +137,42 @@ class IterativeAttack(Attack):
             )
         return best, pred
 
+    def _sweep_runner(
+        self,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        keep: bool,
+        batch_size: int | None,
+    ) -> SweepRunner:
+        """A fresh seeded run per epsilon; streaming early stopping when nothing is kept."""
+
+        def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
+            generator = self._generator(x.device)
+            sub_x, sub_y = x[idx], y[idx]
+            sub_t = None if target is None else target[idx]
+            eps_t = self._eps_tensor(sub_x, eps)
+            if not keep:
+                return self._perturb(view, sub_x, sub_y, sub_t, eps_t, generator, True, batch_size)
+            outs = [
+                self._perturb(
+                    view,
+                    sub_x[part],
+                    sub_y[part],
+                    None if sub_t is None else sub_t[part],
+                    eps_t[part],
+                    generator,
+                    False,
+                )
+                for part in chunks(sub_x.shape[0], batch_size)
+            ]
+            preds = [pred for _, pred in outs]
+            known = all(pred is not None for pred in preds)
+            return torch.cat([adv for adv, _ in outs]), torch.cat(preds) if known else None  # type: ignore[arg-type]
+
+        return SweepRunner(run)
+
     @torch.no_grad()
     def _score(
         self, view: ModelView, x_adv: Tensor, y: Tensor, target: Tensor | None
@@ -127,6 +183,30 @@ class IterativeAttack(Attack):
         score = objective(logits, y, target, self.loss)
         return score.masked_fill(is_success(pred, y, target), math.inf), pred
 
+    def _new_work(
+        self,
+        idx: Tensor,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        eps: Tensor,
+        generator: torch.Generator | None,
+    ) -> _Work:
+        """Fresh state for the samples ``idx`` (their starts drawn now, in order)."""
+        return _Work(
+            idx=idx,
+            x=x,
+            x_adv=self._start(x, eps, generator),
+            y=y,
+            target=target,
+            eps=eps,
+            alpha=self._alpha(eps),
+            lower=(x - eps).clamp_(min=0.0),
+            upper=(x + eps).clamp_(max=1.0),
+            count=torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
+            momentum=self._momentum(x),
+        )
+
     def _run(
         self,
         view: ModelView,
@@ -136,45 +216,64 @@ class IterativeAttack(Attack):
         eps: Tensor,
         generator: torch.Generator | None,
         stop_on_success: bool,
+        window: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """One run from one start; returns ``(x_adv, pred or None)``."""
-        work = _Work(
-            idx=torch.arange(x.shape[0], device=x.device),
-            x=x,
-            x_adv=self._start(x, eps, generator),
-            y=y,
-            target=target,
-            eps=eps,
-            alpha=self._alpha(eps),
-            lower=(x - eps).clamp_(min=0.0),
-            upper=(x + eps).clamp_(max=1.0),
-            momentum=self._momentum(x),
-        )
-        if not stop_on_success:
-            for _ in range(self.steps):
-                grad, _ = input_gradient(view, work.x_adv, work.y, work.target, self.loss)
-                with torch.no_grad():
-                    self._step(work, grad)
-            return work.x_adv, None
-
-        out = torch.empty_like(x)
-        pred = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+        if stop_on_success:
+            return self._stream(view, x, y, target, eps, generator, window or x.shape[0])
+        idx = torch.arange(x.shape[0], device=x.device)
+        work = self._new_work(idx, x, y, target, eps, generator)
         for _ in range(self.steps):
-            grad, logits = input_gradient(view, work.x_adv, work.y, work.target, self.loss)
-            step_pred = logits.argmax(1)
-            done = is_success(step_pred, work.y, work.target)
-            if done.any():  # this iterate is adversarial: record it, drop the sample
-                out[work.idx[done]] = work.x_adv[done]
-                pred[work.idx[done]] = step_pred[done]
-                keep = ~done
-                if not keep.any():
-                    return out, pred
-                work, grad = work.select(keep), grad[keep]
+            grad, _ = input_gradient(view, work.x_adv, work.y, work.target, self.loss)
             with torch.no_grad():
                 self._step(work, grad)
-        out[work.idx] = work.x_adv
-        pred[work.idx] = view.predict(work.x_adv)
-        return out, pred
+        return work.x_adv, None
+
+    def _stream(
+        self,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        eps: Tensor,
+        generator: torch.Generator | None,
+        window: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Early-stopping run: samples leave at their first successful iterate.
+
+        At most ``window`` samples are worked on at once; a sample that succeeds (or has used
+        all its steps and been checked) frees its slot for the next one in the queue, so the
+        model keeps seeing full batches (small batches cost more per image on many backends).
+        """
+        total = x.shape[0]
+        out = torch.empty_like(x)
+        pred = torch.empty(total, dtype=torch.long, device=x.device)
+        admitted = 0
+        work: _Work | None = None
+        while True:
+            free = window - (0 if work is None else len(work))
+            if free > 0 and admitted < total:
+                new = torch.arange(admitted, min(total, admitted + free), device=x.device)
+                admitted += new.shape[0]
+                sub_t = None if target is None else target[new]
+                fresh = self._new_work(new, x[new], y[new], sub_t, eps[new], generator)
+                work = fresh if work is None else work.extend(fresh)
+            if work is None or len(work) == 0:
+                return out, pred
+            # only the last check of samples out of steps needs no gradient; the rare robust
+            # samples pay one backward pass for it, which keeps every batch full-sized
+            grad, logits = input_gradient(view, work.x_adv, work.y, work.target, self.loss)
+            step_pred = logits.argmax(1)
+            finished = is_success(step_pred, work.y, work.target) | (work.count >= self.steps)
+            if finished.any():  # adversarial (or out of steps): record it, free the slot
+                out[work.idx[finished]] = work.x_adv[finished]
+                pred[work.idx[finished]] = step_pred[finished]
+                keep = ~finished
+                work, grad = work.select(keep), grad[keep]
+            if len(work):
+                with torch.no_grad():
+                    self._step(work, grad)
+                work.count += 1
 
     def _momentum(self, x: Tensor) -> Tensor | None:
         return None

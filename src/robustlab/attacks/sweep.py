@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from robustlab.attacks.base import (
     Attack,
@@ -38,7 +37,10 @@ from robustlab.attacks.base import (
     is_success,
     validate_epsilons,
 )
+from robustlab.distributed import ChunkStore, map_chunks
 from robustlab.errors import UserError
+
+STREAM_WINDOWS = 8  # batches per chunk when samples stream (fewer half-empty tail batches)
 
 
 @dataclasses.dataclass
@@ -98,8 +100,16 @@ def sweep(
     target: Any = None,
     keep_adversarials: bool = True,
     worst_case: bool = True,
+    batch_size: int | None = None,
 ) -> SweepResult:
-    """Run ``attack`` on ``x`` ``(B, C, H, W)`` at every epsilon (pixel units); see module doc."""
+    """Run ``attack`` on ``x`` ``(B, C, H, W)`` at every epsilon (pixel units); see module doc.
+
+    ``batch_size`` caps how many images the model sees at once (``None``: all B); with
+    ``keep_adversarials=False`` iterative attacks stream samples through a window of that
+    size, refilling the slot of every sample that is fooled.
+    """
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if attack.norm == "none":
         raise UserError(f"attack '{attack.name}' has no epsilon and cannot be swept")
     eps_list = validate_epsilons(attack, epsilons)
@@ -109,8 +119,13 @@ def sweep(
     with attack_mode(model, attack.train_mode):
         view = ModelView(model, y, target)
         # a minimal-epsilon search uses the largest epsilon as its upper bound
-        runner = attack.with_eps(max(eps_list))._sweep_runner(view, x, y, target, keep_adversarials)
-        clean_pred = runner.clean_pred if runner.clean_pred is not None else view.predict(x)
+        runner = attack.with_eps(max(eps_list))._sweep_runner(
+            view, x, y, target, keep_adversarials, batch_size
+        )
+        if runner.clean_pred is not None:
+            clean_pred = runner.clean_pred
+        else:
+            clean_pred = view.predict(x, batch_size)
         carry = _Carry(clean_pred, x, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]))
         outcomes: dict[int, _Carry] = {}
         for k in sorted(range(len(eps_list)), key=eps_list.__getitem__):
@@ -123,7 +138,9 @@ def sweep(
             idx = todo.nonzero().squeeze(1)
             if idx.numel():
                 new_adv, new_pred = runner.run(idx, eps_list[k])
-                current.pred[idx] = view.predict(new_adv) if new_pred is None else new_pred
+                if new_pred is None:
+                    new_pred = view.predict(new_adv, batch_size)
+                current.pred[idx] = new_pred
                 delta = new_adv - x[idx]
                 current.linf[idx] = flat_norm(delta, "linf")
                 current.l2[idx] = flat_norm(delta, "l2")
@@ -188,34 +205,51 @@ def sweep_dataset(
     worst_case: bool = True,
     device: str | torch.device | None = None,
     progress: bool = False,
+    store: ChunkStore | None = None,
 ) -> SweepResult:
     """``sweep`` over a whole data set ``(N, C, H, W)`` in batches, results concatenated.
 
     Batches are moved to ``device`` (the model must already be there); results, adversarials
     included, come back on the CPU. ``target`` is ``None``, a class index or ``(N,)``.
+    Under torchrun the batches are shared out over the ranks and gathered in order (every rank
+    gets the whole result, bit-identical to one process); ``store`` saves each finished batch
+    so that the same call after a crash computes only the missing ones.
+    ``batch_size`` is the most images the model sees at once; with ``keep_adversarials=False``
+    a chunk holds ``STREAM_WINDOWS`` batches so early-stopped samples are replaced by new ones.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     images, labels, target_t = check_inputs(images, labels, target)
-    parts: list[SweepResult] = []
-    starts = range(0, images.shape[0], batch_size)
-    for start in tqdm(starts, desc=f"{attack.name} sweep", unit="batch", disable=not progress):
-        stop = start + batch_size
-        batch_target = None if target_t is None else target_t[start:stop].to(device)
-        part = sweep(
+    if images.shape[0] == 0:
+        return sweep(attack, model, images, labels, epsilons, target=target_t)
+
+    def run_batch(part: slice) -> dict[str, Any]:
+        batch_target = None if target_t is None else target_t[part].to(device)
+        result = sweep(
             attack,
             model,
-            images[start:stop].to(device),
-            labels[start:stop].to(device),
+            images[part].to(device),
+            labels[part].to(device),
             epsilons,
             target=batch_target,
             keep_adversarials=keep_adversarials,
             worst_case=worst_case,
+            batch_size=batch_size,
         )
-        parts.append(_to_cpu(part))
-    if not parts:
-        return sweep(attack, model, images, labels, epsilons, target=target_t)
-    return _concat(parts)
+        # a plain dict of CPU tensors: what ChunkStore saves and all_gather_object ships
+        cpu = _to_cpu(result)
+        return {f.name: getattr(cpu, f.name) for f in dataclasses.fields(cpu)}
+
+    # without adversarials to keep, a chunk holds several windows that samples stream through
+    chunk = batch_size if keep_adversarials else batch_size * STREAM_WINDOWS
+    parts = map_chunks(
+        run_batch,
+        images.shape[0],
+        chunk,
+        store=store,
+        progress=f"{attack.name} sweep" if progress else None,
+    )
+    return _concat([SweepResult(**part) for part in parts])
 
 
 def _to_cpu(part: SweepResult) -> SweepResult:

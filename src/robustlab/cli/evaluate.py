@@ -12,7 +12,7 @@ Three forms:
   N x N transfer matrix on the first run's test split, as JSON, heat map and report.
 
 Runs must share classes and input size to be compared; the data split is rebuilt from the
-(first) run's ``config.json``. Everything the user can get wrong is checked before any model
+(first) run's ``config.json``. Attack names, settings and epsilons are checked before any model
 or data is loaded.
 """
 
@@ -37,10 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="clean accuracy, robustness curves with sanity checks, transfer matrix, report",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("run_dir", nargs="?", type=Path, help="run directory (robustlab train)")
-    parser.add_argument("--split", default="test", choices=(*SPLITS, "all"), help="(test)")
+    parser.add_argument(
+        "--split", default="test", choices=(*SPLITS, "all"), help="data split (test)"
+    )
     add_data_dir(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch (128)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (cpu)")
@@ -289,7 +292,8 @@ def run_robustness(args: argparse.Namespace) -> int:
         raise UserError(f"no images to attack in split '{args.split}'")
     out = args.out or args.run_dir / "robustness" / attack.name
     kept = range(min(len(y), max(args.save_adversarials, 8 * args.examples)))
-    print(f"{attack.name} on {target.name}: {len(y)} {args.split} images, eps {epsilons}")
+    shown = ", ".join(f"{eps:.4g}" for eps in epsilons)
+    print(f"{attack.name} on {target.name}: {len(y)} {args.split} images, eps {shown}")
     result = robustness_curves(
         target.model,
         x,

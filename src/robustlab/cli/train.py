@@ -41,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--epochs", type=int, default=10)
     group.add_argument("--batch-size", type=int, default=32)
     group.add_argument("--patience", type=int, default=None, help="early stopping on val accuracy")
-    group.add_argument("--head-epochs", type=int, default=2, help="finetune: head-only epochs first")
+    group.add_argument(
+        "--head-epochs", type=int, default=2, help="finetune: head-only epochs first"
+    )
     group.add_argument("--unfreeze", default="all", help="finetune: 'all' or the last k blocks")
     group.add_argument("--finetune-lr-factor", type=float, default=0.1)
     group.add_argument("--weight-decay", type=float, default=0.0)
@@ -88,8 +90,14 @@ def run(args: argparse.Namespace) -> int:
         _prepare_run_dir(out, args.overwrite)
     distributed.barrier()
     metrics = train_run(
-        out, data, model, config, objective=objective, defence=defence,
-        data_dir=args.data_dir, progress=show_progress(),
+        out,
+        data,
+        model,
+        config,
+        objective=objective,
+        defence=defence,
+        data_dir=args.data_dir,
+        progress=show_progress(),
     )
     if distributed.is_main():
         print(json.dumps({"run_dir": str(out), **metrics}, indent=1))

@@ -6,7 +6,13 @@ Command line: ``robustlab train ... --defence NAME --defence-opt key=value`` cal
     objective = make_defence(PGDTrainingConfig(eps=0.1, steps=10, warmup_epochs=1))
     fit(model, train, val, TrainConfig(...), objective)
 
-See ``robustlab.defences.objectives`` for the BatchNorm policy.
+See ``robustlab.defences.objectives`` for the BatchNorm policy (craft in eval mode, update in
+train mode) and ``robustlab.defences.config`` for every setting, its units and its default.
+
+Pretrained backbones: fine-tune adversarially from a clean start, never from a random head.
+Use ``--strategy finetune --head-epochs k`` with ``warmup_epochs=k`` (the head is trained
+clean first, the whole network adversarially after), a small backbone learning rate
+(``--finetune-lr-factor 0.1``) and an eps matched to natural images (2/255 to 8/255).
 """
 
 from robustlab.defences.config import (

@@ -199,5 +199,5 @@ def write_robustness_outputs(
             eps=result.epsilons[save_eps_index],
             batch_size=batch_size,
         )
-    log.info("wrote robustness results to %s", out_dir)
+    log.debug("wrote robustness results to %s", out_dir)
     return summary

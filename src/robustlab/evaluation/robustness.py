@@ -50,8 +50,12 @@ def attack_settings(attack: Attack) -> dict[str, Any]:
 
 
 def check_epsilons(epsilons: Iterable[float], attack: Attack) -> list[float]:
-    """Validate epsilons for ``attack`` (pixel units); return them ascending, without duplicates."""
-    values = [float(e) for e in epsilons]
+    """Validate epsilons for ``attack`` (pixel units); return them ascending, without duplicates.
+
+    Values are rounded to 12 significant digits, so a range like 0.01:0.05:5 gives 0.03 and
+    not 0.030000000000000002 in result files.
+    """
+    values = [float(f"{float(e):.12g}") for e in epsilons]
     if not values:
         raise UserError("the epsilon list is empty; give at least one epsilon (e.g. --eps 8/255)")
     if attack.norm == "none":

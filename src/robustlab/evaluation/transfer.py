@@ -119,7 +119,7 @@ def transfer_matrix(
                     for j, target in enumerate(names):
                         pred = scorers[target](adversarial.to(devices[target])).argmax(1).cpu()
                         correct[i, j] += int((pred == yb).sum())
-            log.info("transfer from %s done", source)
+            log.info("adversarials from %s scored on every model", source)
     clean = {
         name: float((predict_logits(model, x, batch_size).argmax(1) == y).float().mean())
         for name, model in models.items()

@@ -17,7 +17,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -213,10 +213,5 @@ def render_report(
     generated = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     html = _template().render(**context, version=_version(), generated=generated)
     path = write_text(out_dir / filename, html)
-    log.info("wrote report %s", path)
+    log.debug("wrote report %s", path)
     return path
-
-
-def sections_flags(sections: Sequence[Section]) -> list[Mapping[str, Any]]:
-    """Every flag of the given sections, in order."""
-    return [flag for section in sections for flag in section.flags]

@@ -172,7 +172,7 @@ def plot_triptych(
     delta = x_adv - x
     peak = float(np.abs(delta).max())
     amplified = 0.5 + 0.5 * delta / peak if peak > 0 else np.full_like(delta, 0.5)
-    fig = Figure(figsize=(10.5, 3.9))
+    fig = Figure(figsize=(8.4, 3.3))
     axes = fig.subplots(1, 3)
     cmap = "gray" if x.shape[0] == 1 else None
     panels = [
@@ -202,7 +202,7 @@ def plot_prediction_vectors(
 ) -> Path:
     """The softmax vector before and after the attack, as in the leaf study's line plot."""
     positions = np.arange(len(classes))
-    fig = Figure(figsize=(max(5.0, 0.5 * len(classes) + 3.0), 3.4))
+    fig = Figure(figsize=(max(4.2, 0.45 * len(classes) + 2.6), 3.1))
     ax = fig.add_subplot()
     ax.plot(positions, clean_probs, "b-o", label="original")
     ax.plot(positions, adv_probs, "g-x", label="adversarial")

@@ -110,7 +110,7 @@ def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
     """Metrics of a training run that finished before the study was killed, else None."""
     if not (run_dir / "model.safetensors").exists() or not (run_dir / "config.json").exists():
         return None
-    if (run_dir / "train_state.pt").exists():
+    if any(run_dir.rglob("train_state.pt")):
         return None  # state is cleared only after the final weights are written
     return read_json(run_dir / "config.json", "training run config").get("metrics")
 

@@ -156,7 +156,9 @@ def fit(
     return history
 
 
-def _stopped_early(history: list[dict[str, Any]], best: dict[str, Any], config: TrainConfig) -> bool:
+def _stopped_early(
+    history: list[dict[str, Any]], best: dict[str, Any], config: TrainConfig
+) -> bool:
     return config.patience is not None and len(history) - best["epoch"] >= config.patience
 
 
@@ -194,8 +196,12 @@ def _run_epoch(
     batches = _batches(*data["train"], config.batch_size, order, config.channels_last)
     n_batches = math.ceil(len(order) / config.batch_size)
     bar = tqdm(
-        batches, total=n_batches, desc=f"epoch {epoch}/{config.epochs} {phase.name}",
-        disable=not progress or not distributed.is_main(), leave=False, unit="batch",
+        batches,
+        total=n_batches,
+        desc=f"epoch {epoch}/{config.epochs} {phase.name}",
+        disable=not progress or not distributed.is_main(),
+        leave=False,
+        unit="batch",
     )
     for x, y in bar:
         optimizer.zero_grad(set_to_none=True)
@@ -231,7 +237,12 @@ def _run_epoch(
     }
     log.info(
         "epoch %d/%d %s: loss %.4f, train acc %.4f, val acc %.4f (%.1fs)",
-        epoch, config.epochs, phase.name, record["objective_loss"], train_acc, val_acc,
+        epoch,
+        config.epochs,
+        phase.name,
+        record["objective_loss"],
+        train_acc,
+        val_acc,
         record["seconds"],
     )
     return record
@@ -314,7 +325,9 @@ def _set_trainable(model: nn.Module, trainable: str) -> None:
         freeze(module, True)
 
 
-def _make_optimizer(params: list[nn.Parameter], config: TrainConfig, lr: float) -> torch.optim.Optimizer:
+def _make_optimizer(
+    params: list[nn.Parameter], config: TrainConfig, lr: float
+) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":

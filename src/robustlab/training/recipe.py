@@ -89,14 +89,20 @@ def train_run(
     distributed.barrier()  # the run directory is complete before any rank moves on
     log.info(
         "%s: test accuracy %.4f (val %.4f) after %d epochs, %.0fs -> %s",
-        model_spec.arch, metrics["test_accuracy"], metrics["val_accuracy"], len(history),
-        metrics["seconds"], run_dir,
+        model_spec.arch,
+        metrics["test_accuracy"],
+        metrics["val_accuracy"],
+        len(history),
+        metrics["seconds"],
+        run_dir,
     )
     return metrics
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> float:
+def accuracy(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128
+) -> float:
     """Top-1 accuracy of ``model`` on [0, 1] images, in eval mode."""
     if len(labels) == 0:
         return float("nan")
