@@ -16,8 +16,9 @@ model. Prints:
    chosen batch size, robustlab vs torchattacks;
 then re-runs 1-2 in a child process under tcmalloc (LD_PRELOAD) when it is installed.
 
-Run: ``.venv/bin/python benchmarks/bench_attacks.py`` (a few minutes on 2 shared cores),
-``--quick`` for a tiny run. The machine may be shared: compare ratios, not seconds.
+Run: ``.venv/bin/python benchmarks/bench_attacks.py`` (about 5 minutes on 2 cores),
+``--quick`` for a tiny run. One torch thread by default (``--threads``): on a shared machine
+two threads make timings erratic. Candidates are interleaved; compare ratios, not seconds.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robustlab.attacks import FGSM, PGD, sweep_dataset
+from robustlab.attacks import FGSM, PGD, sweep, sweep_dataset
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
 REPO = Path(__file__).resolve().parents[1]
@@ -232,42 +233,61 @@ def pgd_overhead(model, x, y, size, repeats) -> float:
     return ratio
 
 
+def _attack_batches(attack, model, x, y, size, out: dict[str, Tensor]) -> None:
+    """Every adversarial of ``x``, batch by batch (``model`` None: a torchattacks attack)."""
+    name = "theirs" if model is None else "ours"
+    call = attack if model is None else functools.partial(attack, model)
+    out[name] = torch.cat([call(xb, yb) for xb, yb in batches(x, y, size)])
+
+
+def _early_stopping(attack, model, x, y, size, eps, fooled: dict[str, int]) -> None:
+    outcome = sweep(attack, model, x, y, [eps], keep_adversarials=False, batch_size=size)
+    fooled["early"] += int(outcome.success.sum())
+
+
 def versus_torchattacks(model, x, y, size, eps, steps) -> None:
+    """3-4, interleaved group by group so that a load change on a shared machine hits all."""
     import torchattacks
 
-    alpha = 2.5 * eps / steps
     ours = PGD(eps=eps, steps=steps, rel_stepsize=2.5 / steps)
-    theirs = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
-    result: dict[str, object] = {}
-
-    def run_ours() -> None:
-        result["ours"] = torch.cat([ours(model, xb, yb) for xb, yb in batches(x, y, size)])
-
-    def run_theirs() -> None:
-        result["theirs"] = torch.cat([theirs(xb, yb) for xb, yb in batches(x, y, size)])
-
-    def run_early() -> None:
-        outcome = sweep_dataset(ours, model, x, y, [eps], batch_size=size, keep_adversarials=False)
-        result["early_acc"] = outcome.accuracy()[0]
-
-    times = side_by_side({"ours": run_ours, "theirs": run_theirs, "early": run_early}, 1)
-    ours_acc = accuracy(model, result["ours"], y, size)  # type: ignore[arg-type]
-    evaluation = timed(lambda: result.update(theirs_acc=accuracy(model, result["theirs"], y, size)))
-    theirs_acc = float(result["theirs_acc"])  # type: ignore[arg-type]
-    early_acc = float(result["early_acc"])  # type: ignore[arg-type]
+    theirs = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps)
+    times = {"ours": 0.0, "theirs": 0.0, "evaluation": 0.0, "early": 0.0}
+    fooled = {"ours": 0, "theirs": 0, "early": 0}
+    group = 4 * size  # the early-stopping run streams through 4 batches at a time
+    for number, start in enumerate(range(0, len(x), group)):
+        xg, yg = x[start : start + group], y[start : start + group]
+        adversarials: dict[str, Tensor] = {}
+        runs = [
+            ("ours", functools.partial(_attack_batches, ours, model, xg, yg, size, adversarials)),
+            (
+                "theirs",
+                functools.partial(_attack_batches, theirs, None, xg, yg, size, adversarials),
+            ),
+            ("early", functools.partial(_early_stopping, ours, model, xg, yg, size, eps, fooled)),
+        ]
+        shift = number % len(runs)  # rotate who goes first
+        for name, fn in runs[shift:] + runs[:shift]:
+            times[name] += timed(fn)
+        for name in ("ours", "theirs"):
+            start_eval = time.perf_counter()
+            right = accuracy(model, adversarials[name], yg, size) * len(yg)
+            if name == "theirs":
+                times["evaluation"] += time.perf_counter() - start_eval
+            fooled[name] += len(yg) - round(right)
+    robust = {name: 1 - count / len(x) for name, count in fooled.items()}
     print(
         f"  PGD-{steps} eps {eps * 255:.2g}/255 on {len(x)} images, every adversarial returned: "
         f"robustlab {times['ours']:.1f}s vs torchattacks {times['theirs']:.1f}s -> time ratio "
         f"{times['ours'] / times['theirs']:.3f} (goal <= 1)"
     )
     print(
-        f"  robust accuracy: robustlab {100 * ours_acc:.1f}% vs torchattacks "
-        f"{100 * theirs_acc:.1f}% (goal: robustlab <= torchattacks + 0.5 pp)"
+        f"  robust accuracy: robustlab {100 * robust['ours']:.1f}% vs torchattacks "
+        f"{100 * robust['theirs']:.1f}% (goal: robustlab <= torchattacks + 0.5 pp)"
     )
-    baseline = times["theirs"] + evaluation
+    baseline = times["theirs"] + times["evaluation"]
     print(
         f"  robust-accuracy evaluation with early stopping: {times['early']:.1f}s, accuracy "
-        f"{100 * early_acc:.1f}% vs torchattacks PGD + evaluation {baseline:.1f}s -> "
+        f"{100 * robust['early']:.1f}% vs torchattacks PGD + evaluation {baseline:.1f}s -> "
         f"{baseline / times['early']:.2f}x faster (goal >= 2x)"
     )
 
@@ -333,7 +353,12 @@ def peak_memory(model, x, y, size) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny run (about a minute)")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared machine more threads make the timings erratic)",
+    )
     parser.add_argument("--images", type=int, help="test images attacked (default 128)")
     parser.add_argument(
         "--eps",
@@ -347,7 +372,7 @@ def main() -> None:
     torch.manual_seed(0)
     n_images = args.images or (32 if args.quick else 128)
     sizes = [8, 16, 32] if args.quick else [16, 32, 64, 128]
-    repeats = 1 if args.quick else 3
+    repeats = 1 if args.quick else (2 if args.allocator_only else 3)
     allocator = "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
     started = time.perf_counter()
     print(f"threads {torch.get_num_threads()}, allocator {allocator}, torch {torch.__version__}")
@@ -376,7 +401,8 @@ def main() -> None:
     print("5. FGSM sweep")
     fgsm_sweep_vs_separate(model, x, y, size, repeats)
     print("6. per-image loop vs batched")
-    per_image_vs_batched(model, x[: min(len(x), 16 if args.quick else 64)], y, size)
+    n_loop = min(len(x), 16 if args.quick else 64)
+    per_image_vs_batched(model, x[:n_loop], y[:n_loop], size)
     print("7. peak memory")
     peak_memory(model, x, y, size)
     print(f"({time.perf_counter() - started:.0f}s)")

