@@ -169,19 +169,8 @@ def test_nproc_user_error_is_one_line_from_the_launcher(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def attack_cli_is_distributed() -> bool:
-    from robustlab.cli import build_parser
-
-    args = ["attack", "run", "--attack", "fgsm", "--eps", "0.1", "--out", "x"]
-    return bool(getattr(build_parser().parse_args(args), "distributed", False))
-
-
 @pytest.mark.slow
 def test_nproc_2_attack_equals_one_process_bit_for_bit(untrained_run, tmp_path, capsys):
-    if not attack_cli_is_distributed():
-        pytest.xfail(
-            "robustlab attack does not shard over torchrun yet (hook: docs/DISTRIBUTED.md)"
-        )
     args = [
         "attack",
         untrained_run,

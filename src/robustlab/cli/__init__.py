@@ -125,7 +125,10 @@ def _run_distributed(args: argparse.Namespace) -> int:
 
     distributed.init_from_env()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        # Leave together: a rank tearing down gloo while another still talks to it aborts.
+        distributed.barrier()
+        return code
     finally:
         distributed.shutdown()
 

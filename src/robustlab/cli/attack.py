@@ -73,7 +73,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (default: see data docs)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, distributed=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +184,20 @@ def run(args: argparse.Namespace) -> int:
         ", ".join(f"{eps:.4g}" for eps in job.epsilons),
     )
     started = time.perf_counter()
+    from robustlab import distributed
     from robustlab.attacks import sweep_dataset
 
+    # Finished chunks are kept in OUT/.chunks: a killed sweep resumes from the last one, and
+    # under torchrun every process takes its own chunks.
+    store = distributed.ChunkStore(
+        args.out / ".chunks",
+        {
+            "run_dir": str(args.run_dir), "model": config.get("model"), "data": config.get("data"),
+            "attack": job.attack.settings(), "epsilons": job.epsilons, "split": job.split,
+            "limit": job.limit, "target": target, "batch_size": job.batch_size,
+            "worst_case": job.worst_case, "keep_adversarials": job.keep_adversarials,
+        },
+    )
     result = sweep_dataset(
         job.attack,
         model,
@@ -198,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
         worst_case=job.worst_case,
         device=args.device,
         progress=True,
+        store=store,
     )
     seconds = time.perf_counter() - started
     context = {
@@ -213,10 +226,13 @@ def run(args: argparse.Namespace) -> int:
         "excluded_target_class": excluded,
         "data": config.get("data"),
     }
-    write_results(args.out, job.attack, result, labels, indices, context, seconds, target)
-    for eps, accuracy in zip(job.epsilons, result.accuracy(), strict=True):
-        logger.info("eps %.4g: robust accuracy %.4f", eps, accuracy)
-    logger.info("wrote %s", args.out)
+    if distributed.is_main():
+        write_results(args.out, job.attack, result, labels, indices, context, seconds, target)
+        store.clear()
+        for eps, accuracy in zip(job.epsilons, result.accuracy(), strict=True):
+            logger.info("eps %.4g: robust accuracy %.4f", eps, accuracy)
+        logger.info("wrote %s", args.out)
+    distributed.barrier()
     return 0
 
 

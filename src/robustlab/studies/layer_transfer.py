@@ -289,7 +289,7 @@ def plot_against_n(
                     label=f"{variant} {label}".strip())
         base = rows.get("base-B", {}).get(key)
         if base is not None:
-            ax.axhline(base, color="0.4", linestyle=":", linewidth=1, label=f"base B {label}".strip())
+            ax.axhline(base, color="0.4", linestyle=(":", "-.", "--")[k % 3], linewidth=1, label=f"base B {label}".strip())
     ax.set_xlabel("n (blocks copied from the base)")
     ax.set_ylabel("accuracy")
     ax.set_xticks(config.blocks)

@@ -190,12 +190,15 @@ def _check_model(block: ModelConfig) -> None:
 
 def data_available(data: DataConfig, data_dir: str | Path | None) -> bool:
     """Whether ``data`` can be loaded: present in the data dir, or fetched now (when online)."""
-    from robustlab.data import list_datasets, load_source
+    from robustlab.data import list_datasets, load_source, resolve_data_dir
     from robustlab.data.registry import canonical_name
 
     key = canonical_name(data.name)
-    if key is None:
-        return True  # a path: load errors say what is wrong with it
+    if key is None:  # a path, as given or under the data dir
+        path = Path(data.name).expanduser()
+        if not path.exists() and not (resolve_data_dir(data_dir) / path).exists():
+            raise UserError(f"data path not found: {path} (data.name)")
+        return True
     info = next(entry for entry in list_datasets(data_dir) if entry.name == key)
     if info.present:
         return True

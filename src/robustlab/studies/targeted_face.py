@@ -151,8 +151,12 @@ def _one_face(config: Config) -> Any:
             scores.append((f"beta = {beta:g}", result.logits[0].tolist(), float(result.l2[0])))
             images.append(result.x_adv[0])
             plots.plot_filter(delta[0].numpy(), ctx.dir / f"filter_beta{beta:g}.png", title=f"learned filter, β = {beta:g}")
-        plot_faces([img.numpy() for img in images], [s[0] for s in scores], ctx.dir / "faces.png")
         classes = list(splits.classes)
+        titles = [
+            f"{name}\npredicted {classes[max(range(len(logits)), key=logits.__getitem__)]}"
+            for name, logits, _ in scores
+        ]
+        plot_faces([img.numpy() for img in images], titles, ctx.dir / "faces.png")
         rows = [
             {
                 "image": name,
