@@ -58,7 +58,9 @@ class RssSampler:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", type=Path, default=None, help="run dir (restarted); default a temp dir")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run dir (restarted); default a temp dir"
+    )
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--no-tcmalloc", action="store_true", help="do not preload tcmalloc")
     args = parser.parse_args()
@@ -84,17 +86,23 @@ def main() -> int:
     total = time.perf_counter() - start
     sampler.stop.set()
 
-    print(f"\nleaf study on {study.config.data.name}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, allocator "
-          f"{'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}")
+    print(
+        f"\nleaf study on {study.config.data.name}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, allocator "
+        f"{'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}"
+    )
     print(f"{'step':28s} {'seconds':>9s} {'peak RSS MB':>12s}")
     for row in sampler.rows:
         print(f"{row['step']:28s} {row['seconds']:9.1f} {row['peak_rss_mb']:12.0f}")
     peak = max(row["peak_rss_mb"] for row in sampler.rows)
     print(f"{'total (with imports, data)':28s} {total:9.1f} {peak:12.0f}")
     shape = results["steps"].get("shape-check", {})
-    print(f"\ntime  <= {TARGET_SECONDS:.0f} s: {'yes' if total <= TARGET_SECONDS else 'NO'} ({total:.0f} s)")
-    print(f"RSS   <= {TARGET_RSS_MB:.0f} MB: {'yes' if peak <= TARGET_RSS_MB else 'NO'} ({peak:.0f} MB)")
+    print(
+        f"\ntime  <= {TARGET_SECONDS:.0f} s: {'yes' if total <= TARGET_SECONDS else 'NO'} ({total:.0f} s)"
+    )
+    print(
+        f"RSS   <= {TARGET_RSS_MB:.0f} MB: {'yes' if peak <= TARGET_RSS_MB else 'NO'} ({peak:.0f} MB)"
+    )
     if shape:
         print(
             f"shape at eps {shape['eps']:g}: clean {shape['clean']:.3f}, white-box {shape['white_box']:.3f}, "

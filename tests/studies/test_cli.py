@@ -26,10 +26,16 @@ def test_show_config_prints_the_resolved_yaml_with_overrides(capsys):
     ("args", "message"),
     [
         (["leef"], "unknown study preset 'leef' (did you mean 'leaf'?)"),
-        (["leaf", "--set", "models.frozen.epochz=2"], "leaf.yaml: unknown key 'epochz' in models[0] (did you mean 'epochs'?)"),
+        (
+            ["leaf", "--set", "models.frozen.epochz=2"],
+            "leaf.yaml: unknown key 'epochz' in models[0] (did you mean 'epochs'?)",
+        ),
         (["leaf", "--set", "data.name=no/such/folder"], "data path not found"),
         (["leaf", "--set", "models.0.arch=resnet5O"], "unknown architecture 'resnet5O'"),
-        (["leaf", "--set", "curves.0.attack.name=fgsn"], "unknown attack 'fgsn' (did you mean 'fgsm'?)"),
+        (
+            ["leaf", "--set", "curves.0.attack.name=fgsn"],
+            "unknown attack 'fgsn' (did you mean 'fgsm'?)",
+        ),
         ([], "name a study preset or YAML file"),
     ],
 )
@@ -48,7 +54,10 @@ def test_typo_in_a_user_file_is_reported_with_its_name(tmp_path, capsys):
     values["curves"][0]["epz"] = [0.1]
     path.write_text(yaml.safe_dump(values))
     assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
-    assert "my_study.yaml: unknown key 'epz' in curves[0] (did you mean 'eps'?)" in capsys.readouterr().err
+    assert (
+        "my_study.yaml: unknown key 'epz' in curves[0] (did you mean 'eps'?)"
+        in capsys.readouterr().err
+    )
 
 
 def _preset(name: str):

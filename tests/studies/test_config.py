@@ -42,7 +42,9 @@ def test_unknown_key_names_the_place_and_suggests_the_closest(tmp_path):
     path = write_study(tmp_path, values, "leaf.yaml")
     with pytest.raises(UserError) as error:
         load_study(str(path))
-    assert str(error.value) == "leaf.yaml: unknown key 'epochz' in models[0] (did you mean 'epochs'?)"
+    assert (
+        str(error.value) == "leaf.yaml: unknown key 'epochz' in models[0] (did you mean 'epochs'?)"
+    )
 
 
 def test_unknown_top_level_key_and_wrong_type(tmp_path):
@@ -66,10 +68,19 @@ def test_missing_key_is_named(tmp_path):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("data.name=plantvilage-tomato", r"data: unknown data set 'plantvilage-tomato' \(did you mean 'plantvillage-tomato'\?\)"),
+        (
+            "data.name=plantvilage-tomato",
+            r"data: unknown data set 'plantvilage-tomato' \(did you mean 'plantvillage-tomato'\?\)",
+        ),
         ("data.task=unhealty", r"data: unknown task .*'unhealty' \(did you mean 'unhealthy'\?\)"),
-        ("models.frozen.arch=tf_efficientnet_lite9", r"models\[0\]: unknown architecture 'tf_efficientnet_lite9' \(did you mean"),
-        ("curves.pgd.attack.name=pgdd", r"curves\[2\]\.attack: unknown attack 'pgdd' \(did you mean 'pgd'\?\)"),
+        (
+            "models.frozen.arch=tf_efficientnet_lite9",
+            r"models\[0\]: unknown architecture 'tf_efficientnet_lite9' \(did you mean",
+        ),
+        (
+            "curves.pgd.attack.name=pgdd",
+            r"curves\[2\]\.attack: unknown attack 'pgdd' \(did you mean 'pgd'\?\)",
+        ),
         ("curves.pgd.attack.settings.stepz=3", r"curves\[2\]\.attack: .*stepz"),
         ("target=finetun", r"target: unknown model 'finetun' \(did you mean 'finetune'\?\)"),
         ("curves.0.eps=[0.03, 3]", r"curves\[0\]\.eps: eps must be in \[0, 1\] pixel units"),
@@ -86,7 +97,7 @@ def test_bad_names_and_settings_are_caught_up_front(override, message):
 def test_unknown_preset_and_missing_file():
     with pytest.raises(UserError, match=r"unknown study preset 'leef' \(did you mean 'leaf'\?\)"):
         load_study("leef")
-    with pytest.raises(UserError, match="study file not found: nowhere/x.yaml"):
+    with pytest.raises(UserError, match=r"study file not found: nowhere/x\.yaml"):
         load_study("nowhere/x.yaml")
 
 
@@ -110,10 +121,20 @@ def test_user_yaml_file_runs_under_its_own_name(tmp_path):
 
 
 def test_overrides_by_index_name_wildcard_and_yaml_values():
-    values = {"data": {"limit": None}, "models": [{"name": "a", "epochs": 5}, {"name": "b", "epochs": 5}]}
+    values = {
+        "data": {"limit": None},
+        "models": [{"name": "a", "epochs": 5}, {"name": "b", "epochs": 5}],
+    }
     out = apply_overrides(
         values,
-        ["data.limit=300", "models.b.epochs=2", "models[0].lr=1e-3", "models.*.seed=7", "eps=[0.01, 8/255]", "new.key=x"],
+        [
+            "data.limit=300",
+            "models.b.epochs=2",
+            "models[0].lr=1e-3",
+            "models.*.seed=7",
+            "eps=[0.01, 8/255]",
+            "new.key=x",
+        ],
     )
     assert out["data"]["limit"] == 300
     assert [m["epochs"] for m in out["models"]] == [5, 2]
@@ -132,7 +153,7 @@ def test_bad_overrides_are_user_errors():
         apply_overrides(values, ["models.3.epochs=2"])
     with pytest.raises(UserError, match="cannot set 'x' inside a value"):
         apply_overrides(values, ["seed.x=1"])
-    with pytest.raises(UserError, match="KEY.SUB=VALUE"):
+    with pytest.raises(UserError, match=r"KEY\.SUB=VALUE"):
         parse_override("models.epochs")
 
 
@@ -141,5 +162,14 @@ def test_override_shrinks_a_preset_and_is_validated():
     assert study.config.data.limit == 200
     assert all(m.epochs == 2 for m in study.config.models)
     assert all(c.eps == [0.03] for c in study.config.curves)
-    with pytest.raises(UserError, match=r"leaf.yaml: unknown key 'limt' in data \(did you mean 'limit'\?\)"):
+    with pytest.raises(
+        UserError, match=r"leaf.yaml: unknown key 'limt' in data \(did you mean 'limit'\?\)"
+    ):
         load_study("leaf", ["data.limt=200"])
+
+
+def test_targeted_face_refuses_a_beta_that_makes_descent_diverge():
+    with pytest.raises(
+        UserError, match=r"sweep.betas: beta 50 with lr 0.1 .* diverge; use beta < 20"
+    ):
+        load_study("targeted-face", ["sweep.betas=[0, 50]"])

@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "again after a crash or Ctrl-C to continue where it stopped.",
     )
     parser.add_argument("study", nargs="?", help="preset name (see --list) or a study YAML file")
-    parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<study>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="run directory (default runs/<study>)"
+    )
     add_data_dir(parser)
     parser.add_argument(
         "--set",
@@ -58,5 +60,7 @@ def run(args: argparse.Namespace) -> int:
         study, out, data_dir=args.data_dir, restart=args.restart, progress=show_progress()
     )
     summary = study.module.summary(study.config, results["steps"])
-    print(json.dumps({"run_dir": str(out), "report": str(out / "report.html"), **summary}, indent=1))
+    print(
+        json.dumps({"run_dir": str(out), "report": str(out / "report.html"), **summary}, indent=1)
+    )
     return 0

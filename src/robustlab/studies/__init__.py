@@ -37,6 +37,6 @@ __all__ = [
     "load_study",
     "prepare_run_dir",
     "resolve_data",
-    "run_study",
     "run_steps",
+    "run_study",
 ]

@@ -81,15 +81,23 @@ class Config(StudyConfig):
 
 
 def steps(config: Config) -> list[Step]:
-    n_test = min(config.limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2]))
+    n_test = min(
+        config.limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
+    )
     out = [common.data_step(config.data)]
-    out += [common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in config.models]
+    out += [
+        common.train_step(m, config.data, common.train_estimate(m, config.data))
+        for m in config.models
+    ]
     costs = {m.name: _cost(m, config) for m in config.models}
     for target, curves in config.curves():
         per_image = (costs[target] + costs[config.surrogate]) / 2
         out.append(
             common.curves_step(
-                curves, config.data, target, batch_size=config.eval_batch_size,
+                curves,
+                config.data,
+                target,
+                batch_size=config.eval_batch_size,
                 expected_seconds=common.curves_estimate(curves, n_test, per_image),
             )
         )
@@ -98,7 +106,10 @@ def steps(config: Config) -> list[Step]:
         per_image = sum(costs[n] for n in names) / len(names)
         out.append(
             common.transfer_step(
-                config.transfer, config.data, names, batch_size=config.eval_batch_size,
+                config.transfer,
+                config.data,
+                names,
+                batch_size=config.eval_batch_size,
                 expected_seconds=2 + len(names) * (2 + len(names)) * n_test * per_image,
             )
         )
@@ -131,7 +142,9 @@ def _accuracies(config: Config, results: Mapping[str, Any]) -> dict[str, dict[st
     return table
 
 
-def plot_comparison(eps: list[float], rows: Mapping[str, Any], kind: str, path: Path, title: str) -> Path:
+def plot_comparison(
+    eps: list[float], rows: Mapping[str, Any], kind: str, path: Path, title: str
+) -> Path:
     """One accuracy-vs-epsilon line per model (clean accuracy at eps 0)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -159,7 +172,11 @@ def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"eps": config.eps[mid]}
     for label, rows in _accuracies(config, results).items():
         out[label] = {
-            name: {"clean": row["clean"], "white_box": row["white-box"][mid], "transfer": row["transfer"][mid]}
+            name: {
+                "clean": row["clean"],
+                "white_box": row["white-box"][mid],
+                "transfer": row["transfer"][mid],
+            }
             for name, row in rows.items()
         }
     return out
@@ -195,24 +212,48 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
         figures = []
         for kind in ("white-box", "transfer"):
             name = f"{k}_{kind}.png"
-            plot_comparison(config.eps, rows, kind, figures_dir / name, f"{kind} {label}: accuracy vs ε")
-            figures.append(Figure(f"comparison/{name}", f"{kind} {label}, every model (ε = 0: clean)"))
+            plot_comparison(
+                config.eps, rows, kind, figures_dir / name, f"{kind} {label}: accuracy vs ε"
+            )
+            figures.append(
+                Figure(f"comparison/{name}", f"{kind} {label}, every model (ε = 0: clean)")
+            )
         table = Table(
-            ["model", "clean", *[f"white-box ε={e:g}" for e in config.eps], *[f"transfer ε={e:g}" for e in config.eps]],
-            [[name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])] for name, row in rows.items()],
+            [
+                "model",
+                "clean",
+                *[f"white-box ε={e:g}" for e in config.eps],
+                *[f"transfer ε={e:g}" for e in config.eps],
+            ],
+            [
+                [name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])]
+                for name, row in rows.items()
+            ],
             f"{label}: accuracy of each model",
         )
         sections.append(
-            Section(id=f"compare-{k}", title=f"Comparison under {label}", tables=[table], figures=figures)
+            Section(
+                id=f"compare-{k}",
+                title=f"Comparison under {label}",
+                tables=[table],
+                figures=figures,
+            )
         )
-    for target, curves in config.curves():
+    for _, curves in config.curves():
         step = common.curves_step_name(curves)
         if step in results:
-            sections.append(common.curves_section(run_dir, step, f"curves-{curves.name}", label=curves.attack.display))
+            sections.append(
+                common.curves_section(
+                    run_dir, step, f"curves-{curves.name}", label=curves.attack.display
+                )
+            )
     if "transfer-matrix" in results:
-        sections.append(common.transfer_section(run_dir, "transfer", "Every model attacks every other."))
+        sections.append(
+            common.transfer_section(run_dir, "transfer", "Every model attacks every other.")
+        )
     return ReportSpec(
-        title=config.title or "Adversarial regularisation, adversarial training and transfer learning",
+        title=config.title
+        or "Adversarial regularisation, adversarial training and transfer learning",
         subtitle=f"data {config.data.name}",
         sections=sections,
     )

@@ -257,7 +257,10 @@ def transfer_step(
             seed=ctx.seed,
         ).to_dict()
         write_json(ctx.dir / TRANSFER_FILE, matrix)
-        return {key: matrix[key] for key in ("models", "attack", "eps", "n", "accuracy", "clean_accuracy", "flags")}
+        return {
+            key: matrix[key]
+            for key in ("models", "attack", "eps", "n", "accuracy", "clean_accuracy", "flags")
+        }
 
     return Step("transfer-matrix", "transfer matrix", run, expected_seconds)
 
@@ -287,7 +290,9 @@ def transfer_section(run_dir: Path, section_id: str, intro: str = "") -> Section
     from robustlab.reporting.results import transfer_section as build
 
     directory = run_dir / "transfer-matrix"
-    section = build(read_json(directory / TRANSFER_FILE, "transfer result"), directory, run_dir, section_id)
+    section = build(
+        read_json(directory / TRANSFER_FILE, "transfer result"), directory, run_dir, section_id
+    )
     if intro:
         section.text = f"{intro}\n\n{section.text}"
     return section
@@ -318,7 +323,9 @@ def models_table(results: Mapping[str, Any], models: Sequence[ModelConfig], capt
     )
 
 
-def accuracy_at(summary: Mapping[str, Any], kind: str, eps: float, source: str | None = None) -> float:
+def accuracy_at(
+    summary: Mapping[str, Any], kind: str, eps: float, source: str | None = None
+) -> float:
     """Accuracy of the first curve of ``kind`` (and ``source``) at the epsilon nearest ``eps``."""
     epsilons = summary["epsilons"]
     index = min(range(len(epsilons)), key=lambda i: abs(epsilons[i] - eps))

@@ -164,7 +164,9 @@ class CurvesConfig(Strict):
     def _eps_in_range(cls, eps: list[float]) -> list[float]:
         for value in eps:
             if not 0.0 <= value <= 1.0:
-                raise UserError(f"eps must be in [0, 1] pixel units (8/255 = 0.0314), got {value:g}")
+                raise UserError(
+                    f"eps must be in [0, 1] pixel units (8/255 = 0.0314), got {value:g}"
+                )
         return eps
 
 
@@ -182,7 +184,9 @@ class StudyConfig(Strict):
 
     study: str
     title: str = ""
-    seed: int = Field(default=0, ge=0, description="seeds every step (attacks' random starts, noise)")
+    seed: int = Field(
+        default=0, ge=0, description="seeds every step (attacks' random starts, noise)"
+    )
     data: DataConfig
     fallback_data: DataConfig | None = None  # used, with a one-line note, when `data` is missing
     notes: list[str] = Field(default_factory=list)  # filled by the runner (e.g. a data fallback)
@@ -209,7 +213,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise UserError(f"{path.name}:{where} invalid YAML: {problem}") from None
     if not isinstance(values, dict):
-        raise UserError(f"{path.name}: a study file must be a mapping of keys, got {type(values).__name__}")
+        raise UserError(
+            f"{path.name}: a study file must be a mapping of keys, got {type(values).__name__}"
+        )
     return values
 
 
@@ -339,7 +345,7 @@ def apply_overrides(values: dict[str, Any], overrides: Sequence[str]) -> dict[st
     result = _deep_copy(values)
     for text in overrides:
         parts, value = parse_override(text)
-        for container, key in _targets(result, parts[:-1], parts, text):
+        for container in _targets(result, parts[:-1], parts, text):
             _assign(container, parts[-1], value, text)
     return result
 
@@ -352,7 +358,7 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _targets(root: Any, path: list[str], full: list[str], text: str) -> Iterator[tuple[Any, str]]:
+def _targets(root: Any, path: list[str], full: list[str], text: str) -> Iterator[Any]:
     """Every container that ``path`` leads to (several with ``*``); missing dicts are created."""
     nodes = [root]
     for depth, part in enumerate(path):
@@ -371,8 +377,7 @@ def _targets(root: Any, path: list[str], full: list[str], text: str) -> Iterator
                 where = ".".join(full[:depth])
                 raise UserError(f"--set {text}: '{where}' is a value, not a section")
         nodes = next_nodes
-    for node in nodes:
-        yield node, full[-1]
+    yield from nodes
 
 
 def _list_items(items: list[Any], part: str, where: list[str], text: str) -> list[Any]:
@@ -381,11 +386,15 @@ def _list_items(items: list[Any], part: str, where: list[str], text: str) -> lis
     if part.lstrip("-").isdigit():
         index = int(part)
         if not -len(items) <= index < len(items):
-            raise UserError(f"--set {text}: {'.'.join(where[:-1])} has {len(items)} items, no [{index}]")
+            raise UserError(
+                f"--set {text}: {'.'.join(where[:-1])} has {len(items)} items, no [{index}]"
+            )
         return [items[index]]
     named = [item for item in items if isinstance(item, dict) and item.get("name") == part]
     if not named:
-        names = [str(item.get("name")) for item in items if isinstance(item, dict) and "name" in item]
+        names = [
+            str(item.get("name")) for item in items if isinstance(item, dict) and "name" in item
+        ]
         raise UserError(
             f"--set {text}: no item named '{part}' in {'.'.join(where[:-1])}"
             f"{suggestion(part, names)}; use an index or one of: {', '.join(names) or '(none)'}"

@@ -49,7 +49,9 @@ class Config(StudyConfig):
     arch: str = "tf_efficientnet_lite0"
     pretrained: str = "offline"  # base A's weights ('imagenet' online, e.g. with mobilenetv2_100)
     blocks: list[int] = Field(min_length=1)  # the values of n (0 < n <= number of blocks)
-    variants: list[Literal["AnB", "AnB+", "BnB", "BnB+"]] = Field(default_factory=lambda: list(VARIANTS))
+    variants: list[Literal["AnB", "AnB+", "BnB", "BnB+"]] = Field(
+        default_factory=lambda: list(VARIANTS)
+    )
     base_b_epochs: int = Field(default=4, ge=1)
     epochs: int = Field(default=4, ge=1)  # AnB / BnB (source: 4)
     plus_epochs: int = Field(default=2, ge=1)  # AnB+ / BnB+: train (source: 2) ...
@@ -64,7 +66,9 @@ class Config(StudyConfig):
     @classmethod
     def _positive(cls, blocks: list[int]) -> list[int]:
         if any(n < 1 for n in blocks):
-            raise UserError(f"blocks must be >= 1 (n = 0 copies nothing: that is base B), got {blocks}")
+            raise UserError(
+                f"blocks must be >= 1 (n = 0 copies nothing: that is base B), got {blocks}"
+            )
         return sorted(set(blocks))
 
     def check(self) -> None:
@@ -106,10 +110,16 @@ def steps(config: Config) -> list[Step]:
     out.append(_train_step(config, "base-B", 0, "scratch", epoch_seconds * config.base_b_epochs))
     for name in config.models()[1:]:
         variant, n = _parse(name)
-        epochs = config.epochs if not variant.endswith("+") else config.plus_epochs + config.plus_finetune_epochs
+        epochs = (
+            config.epochs
+            if not variant.endswith("+")
+            else config.plus_epochs + config.plus_finetune_epochs
+        )
         share = 0.3 if n == total and not variant.endswith("+") else 1 - 0.5 * n / total
         out.append(_train_step(config, name, n, variant, 3 + epoch_seconds * epochs * share))
-    n_test = min(config.eval_limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2]))
+    n_test = min(
+        config.eval_limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
+    )
     out.append(_craft_step(config, total, 2 + n_test * 4e-3 * pixels))
     steps_pgd = int(config.pgd.settings.get("steps", 10))
     per_model = n_test * 4e-3 * pixels * (3 + steps_pgd)
@@ -161,7 +171,13 @@ def _train_step(config: Config, name: str, n: int, variant: str, expected: float
         splits = common.splits_for(ctx, config.data)
         base_a = _base_a(ctx, config, splits)
         torch.manual_seed(config.train.seed)
-        model = create_model(dataclasses.replace(_model_spec(config, splits, None), mean=_stat(base_a, "mean"), std=_stat(base_a, "std")))
+        model = create_model(
+            dataclasses.replace(
+                _model_spec(config, splits, None),
+                mean=_stat(base_a, "mean"),
+                std=_stat(base_a, "std"),
+            )
+        )
         total = len(model.blocks())
         if variant != "scratch":
             source = base_a if variant.startswith("A") else common.load_model(ctx, "base-B")
@@ -171,7 +187,9 @@ def _train_step(config: Config, name: str, n: int, variant: str, expected: float
         settings = config.train.model_dump(exclude={"finetune_lr_factor"})
         phases: list[tuple[str, TrainConfig]]
         if variant == "scratch":
-            phases = [("train", TrainConfig(strategy="scratch", epochs=config.base_b_epochs, **settings))]
+            phases = [
+                ("train", TrainConfig(strategy="scratch", epochs=config.base_b_epochs, **settings))
+            ]
         elif not variant.endswith("+"):
             # n = all: only the head trains, on features computed once.
             strategy = "frozen" if n == total else "scratch"
@@ -180,11 +198,16 @@ def _train_step(config: Config, name: str, n: int, variant: str, expected: float
             finetune = {**settings, "lr": config.train.lr * config.train.finetune_lr_factor}
             phases = [
                 ("train", TrainConfig(strategy="scratch", epochs=config.plus_epochs, **settings)),
-                ("finetune", TrainConfig(strategy="scratch", epochs=config.plus_finetune_epochs, **finetune)),
+                (
+                    "finetune",
+                    TrainConfig(strategy="scratch", epochs=config.plus_finetune_epochs, **finetune),
+                ),
             ]
         history = []
         for phase, train_config in phases:
-            for record in fit(model, train, val, train_config, state_dir=ctx.dir / phase, progress=ctx.progress):
+            for record in fit(
+                model, train, val, train_config, state_dir=ctx.dir / phase, progress=ctx.progress
+            ):
                 history.append({**record, "stage": phase})
         model.eval()
         metrics = {
@@ -193,7 +216,15 @@ def _train_step(config: Config, name: str, n: int, variant: str, expected: float
         }
         metrics |= {"epochs_run": len(history), "blocks_copied": n, "variant": variant}
         write_json(ctx.dir / "history.json", history)
-        save_checkpoint(ctx.dir, model, {"classes": list(splits.classes), "data": config.data.spec().to_dict(), "metrics": metrics})
+        save_checkpoint(
+            ctx.dir,
+            model,
+            {
+                "classes": list(splits.classes),
+                "data": config.data.spec().to_dict(),
+                "metrics": metrics,
+            },
+        )
         for phase, _ in phases:  # the final weights are saved: the resumable states can go
             (ctx.dir / phase / "train_state.pt").unlink(missing_ok=True)
         return metrics
@@ -215,7 +246,10 @@ def _craft_step(config: Config, total: int, expected: float) -> Step:
         x, y = common.test_images(ctx, config.data, config.eval_limit)
         model = common.load_model(ctx, crafter)
         attack = config.fgsm.build(eps=config.eps)
-        x_adv = [attack(model, x[i : i + config.eval_batch_size], y[i : i + config.eval_batch_size]) for i in range(0, len(x), config.eval_batch_size)]
+        x_adv = [
+            attack(model, x[i : i + config.eval_batch_size], y[i : i + config.eval_batch_size])
+            for i in range(0, len(x), config.eval_batch_size)
+        ]
         import torch
 
         with atomic_path(ctx.dir / "adversarials.safetensors") as tmp:
@@ -239,7 +273,10 @@ def _evaluate_step(config: Config, expected: float) -> Step:
         rows = {}
         for name in config.models():
             model = common.load_model(ctx, name)
-            adv_pgd = [pgd(model, x[i : i + config.eval_batch_size], y[i : i + config.eval_batch_size]) for i in range(0, len(x), config.eval_batch_size)]
+            adv_pgd = [
+                pgd(model, x[i : i + config.eval_batch_size], y[i : i + config.eval_batch_size])
+                for i in range(0, len(x), config.eval_batch_size)
+            ]
             import torch
 
             rows[name] = {
@@ -260,7 +297,9 @@ def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
     return {"accuracy": results.get("evaluate", {}).get("accuracy", {})}
 
 
-def _curves_by_variant(config: Config, rows: Mapping[str, Any], key: str) -> dict[str, list[float | None]]:
+def _curves_by_variant(
+    config: Config, rows: Mapping[str, Any], key: str
+) -> dict[str, list[float | None]]:
     return {
         variant: [rows.get(variant_name(variant, n), {}).get(key) for n in config.blocks]
         for variant in config.variants
@@ -279,17 +318,34 @@ def plot_against_n(
     fig = Figure(figsize=(7.5, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    styles = {"AnB": ("tab:red", "-"), "AnB+": ("tab:red", "--"), "BnB": ("tab:blue", "-"), "BnB+": ("tab:blue", "--")}
+    styles = {
+        "AnB": ("tab:red", "-"),
+        "AnB+": ("tab:red", "--"),
+        "BnB": ("tab:blue", "-"),
+        "BnB+": ("tab:blue", "--"),
+    }
     markers = ["o", "s", "^"]
     for k, (key, label) in enumerate(keys):
         for variant, values in _curves_by_variant(config, rows, key).items():
             colour, line = styles[variant]
             ys = [math.nan if v is None else v for v in values]
-            ax.plot(config.blocks, ys, color=colour, linestyle=line, marker=markers[k % 3],
-                    label=f"{variant} {label}".strip())
+            ax.plot(
+                config.blocks,
+                ys,
+                color=colour,
+                linestyle=line,
+                marker=markers[k % 3],
+                label=f"{variant} {label}".strip(),
+            )
         base = rows.get("base-B", {}).get(key)
         if base is not None:
-            ax.axhline(base, color="0.4", linestyle=(":", "-.", "--")[k % 3], linewidth=1, label=f"base B {label}".strip())
+            ax.axhline(
+                base,
+                color="0.4",
+                linestyle=(":", "-.", "--")[k % 3],
+                linewidth=1,
+                label=f"base B {label}".strip(),
+            )
     ax.set_xlabel("n (blocks copied from the base)")
     ax.set_ylabel("accuracy")
     ax.set_xticks(config.blocks)
@@ -311,21 +367,44 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
     figures_dir = run_dir / "evaluate"
     figures = []
     if rows:
-        plot_against_n(config, rows, [("natural", "")], figures_dir / "transfer_performance.png",
-                       "Transfer performance: natural test accuracy vs n")
-        plot_against_n(config, rows, [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")],
-                       figures_dir / "adversarial_robustness.png",
-                       f"Adversarial robustness vs n (ε = {config.eps:g})")
+        plot_against_n(
+            config,
+            rows,
+            [("natural", "")],
+            figures_dir / "transfer_performance.png",
+            "Transfer performance: natural test accuracy vs n",
+        )
+        plot_against_n(
+            config,
+            rows,
+            [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")],
+            figures_dir / "adversarial_robustness.png",
+            f"Adversarial robustness vs n (ε = {config.eps:g})",
+        )
         figures = [
-            Figure("evaluate/transfer_performance.png", "The source's first plot: transfer performance against n"),
-            Figure("evaluate/adversarial_robustness.png", "The source's second plot: adversarial accuracy against n"),
+            Figure(
+                "evaluate/transfer_performance.png",
+                "The source's first plot: transfer performance against n",
+            ),
+            Figure(
+                "evaluate/adversarial_robustness.png",
+                "The source's second plot: adversarial accuracy against n",
+            ),
         ]
     table_rows = []
     for name in config.models():
         train = results.get(common.train_step_name(name), {})
         row = rows.get(name, {})
-        table_rows.append([name, train.get("epochs_run"), train.get("val_accuracy"), row.get("natural"),
-                           row.get("fgsm_from_A"), row.get("pgd_white_box")])
+        table_rows.append(
+            [
+                name,
+                train.get("epochs_run"),
+                train.get("val_accuracy"),
+                row.get("natural"),
+                row.get("fgsm_from_A"),
+                row.get("pgd_white_box"),
+            ]
+        )
     data = results.get("data", {})
     sizes = data.get("sizes", {})
     text = [
@@ -354,8 +433,13 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
             id="overview",
             title="What this study does",
             text="\n\n".join(text),
-            tables=[Table(["model", "epochs", "val acc", "natural acc", "FGSM from A", "PGD white-box"],
-                          table_rows, f"Test accuracy of every model (ε = {config.eps:g})")],
+            tables=[
+                Table(
+                    ["model", "epochs", "val acc", "natural acc", "FGSM from A", "PGD white-box"],
+                    table_rows,
+                    f"Test accuracy of every model (ε = {config.eps:g})",
+                )
+            ],
             figures=figures,
         )
     ]
@@ -364,4 +448,3 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
         subtitle=f"{config.arch}, B = {config.data.name}",
         sections=sections,
     )
-

@@ -120,7 +120,9 @@ def steps(config: Config) -> list[Step]:
     n_test = max(1, round(common.estimated_size(config.data) * config.data.split[2]))
     per_image = _gradient_cost(config)
     out = [common.data_step(config.data)]
-    out += [common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in models]
+    out += [
+        common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in models
+    ]
     for curves in config.curves:
         out.append(
             common.curves_step(
@@ -131,7 +133,14 @@ def steps(config: Config) -> list[Step]:
                 expected_seconds=common.curves_estimate(curves, n_test, per_image),
             )
         )
-    out.append(Step("shape-check", "check the source's result shape", lambda ctx: shape_check(config, ctx.results), 0.1))
+    out.append(
+        Step(
+            "shape-check",
+            "check the source's result shape",
+            lambda ctx: shape_check(config, ctx.results),
+            0.1,
+        )
+    )
     out.append(_example_step(config, target))
     if config.transfer is not None:
         names = config.transfer.models or [m.name for m in models]
@@ -165,7 +174,9 @@ def _example_step(config: Config, target: str) -> Step:
         model = common.load_model(ctx, target)
         indices = [i for i in config.example.indices if i < len(test)]
         if not indices:
-            raise UserError(f"example.indices {config.example.indices} are all past the {len(test)} test images")
+            raise UserError(
+                f"example.indices {config.example.indices} are all past the {len(test)} test images"
+            )
         x, y = test.images[indices], test.labels[indices]
         x_adv = config.example.attack.build(eps=config.example.eps)(model, x, y)
         with torch.no_grad():
@@ -202,7 +213,12 @@ def _example_step(config: Config, target: str) -> Step:
                     "vector": f"{stem}_vector.png",
                 }
             )
-        result = {"target": target, "eps": config.example.eps, "attack": config.example.attack.name, "images": figures}
+        result = {
+            "target": target,
+            "eps": config.example.eps,
+            "attack": config.example.attack.name,
+            "images": figures,
+        }
         write_json(ctx.dir / "examples.json", result)
         return result
 
@@ -261,12 +277,17 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
             id="overview",
             title="What this study does",
             text="\n\n".join(_overview(config, data)),
-            tables=[common.models_table(results, models, "Accuracy of the trained models"),
-                    _source_models_table()],
+            tables=[
+                common.models_table(results, models, "Accuracy of the trained models"),
+                _source_models_table(),
+            ],
         )
     ]
     if shape:
-        holds = all(shape[k] for k in ("white_far_below_black", "black_below_noise", "noise_within_3pp_of_clean"))
+        holds = all(
+            shape[k]
+            for k in ("white_far_below_black", "black_below_noise", "noise_within_3pp_of_clean")
+        )
         sections.append(
             Section(
                 id="shape",
@@ -275,22 +296,38 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
                     f"The source found, at ε = 0.03, white-box accuracy far below black-box accuracy, "
                     f"black-box below random noise, and noise close to clean accuracy. Here, at "
                     f"ε = {shape['eps']:g} on target '{target}' (surrogate '{config.surrogate}'): "
-                    + ("the shape holds." if holds else "the shape does NOT fully hold; see the table.")
+                    + (
+                        "the shape holds."
+                        if holds
+                        else "the shape does NOT fully hold; see the table."
+                    )
                 ),
                 tables=[
                     Table(
                         ["", "clean", "white-box", "black-box", "noise"],
                         [
-                            ["this run", shape["clean"], shape["white_box"], shape["black_box"], shape["noise"]],
-                            ["source (InceptionV3 target)", SOURCE_ACCURACY["target"]["test"],
-                             *[SOURCE_CURVES[k][2] for k in ("white-box", "black-box", "noise")]],
+                            [
+                                "this run",
+                                shape["clean"],
+                                shape["white_box"],
+                                shape["black_box"],
+                                shape["noise"],
+                            ],
+                            [
+                                "source (InceptionV3 target)",
+                                SOURCE_ACCURACY["target"]["test"],
+                                *[SOURCE_CURVES[k][2] for k in ("white-box", "black-box", "noise")],
+                            ],
                         ],
                         f"Accuracy at ε = {shape['eps']:g}",
                     ),
                     Table(
                         ["check", "holds"],
                         [
-                            ["white-box at least 20 pp below black-box", shape["white_far_below_black"]],
+                            [
+                                "white-box at least 20 pp below black-box",
+                                shape["white_far_below_black"],
+                            ],
                             ["black-box below noise", shape["black_below_noise"]],
                             ["noise within 3 pp of clean", shape["noise_within_3pp_of_clean"]],
                         ],
@@ -301,7 +338,9 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
     for i, curves in enumerate(config.curves):
         step = common.curves_step_name(curves)
         if step in results:
-            intro = "The source's figure (iterative FGSM, squared-error loss, T = 1)." if i == 0 else ""
+            intro = (
+                "The source's figure (iterative FGSM, squared-error loss, T = 1)." if i == 0 else ""
+            )
             sections.append(
                 common.curves_section(
                     run_dir, step, f"curves-{curves.name}", intro, curves.attack.display
@@ -354,15 +393,25 @@ def _source_models_table() -> Any:
     from robustlab.reporting import Table
 
     rows = [[name, v["train"], v["val"], v["test"]] for name, v in SOURCE_ACCURACY.items()]
-    return Table(["source model", "train acc", "val acc", "test acc"], rows,
-                 "The source's accuracies (MobileNetV2 surrogate, simple CNN, InceptionV3 target)")
+    return Table(
+        ["source model", "train acc", "val acc", "test acc"],
+        rows,
+        "The source's accuracies (MobileNetV2 surrogate, simple CNN, InceptionV3 target)",
+    )
 
 
 def _examples_section(result: Mapping[str, Any], figure_cls: Any, section_cls: Any) -> Any:
     figures = []
     for image in result["images"]:
-        figures.append(figure_cls(f"examples/{image['triptych']}", f"test image {image['index']} (true {image['true']})"))
-        figures.append(figure_cls(f"examples/{image['vector']}", "softmax before (blue) and after (green)"))
+        figures.append(
+            figure_cls(
+                f"examples/{image['triptych']}",
+                f"test image {image['index']} (true {image['true']})",
+            )
+        )
+        figures.append(
+            figure_cls(f"examples/{image['vector']}", "softmax before (blue) and after (green)")
+        )
     return section_cls(
         id="example",
         title="One image, as in the source",
@@ -370,4 +419,3 @@ def _examples_section(result: Mapping[str, Any], figure_cls: Any, section_cls: A
         f"ε = {result['eps']:g} on '{result['target']}'. The perturbation is amplified to be visible.",
         figures=figures,
     )
-

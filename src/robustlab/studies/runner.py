@@ -230,7 +230,11 @@ def run_steps(
         start = time.perf_counter()
         result = dict(step.run(context))
         seconds = time.perf_counter() - start
-        marker = {"result": result, "seconds": round(seconds, 3), "peak_rss_mb": round(peak_rss_mb(), 1)}
+        marker = {
+            "result": result,
+            "seconds": round(seconds, 3),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        }
         if step.record:
             write_json(step_dir / DONE, marker)
             # Read back, so a fresh run and a resumed one pass identical (JSON) values on.

@@ -66,6 +66,7 @@ class LoadedStudy:
     source: str  # the file it came from, for error messages
     config: StudyConfig
     module: ModuleType = dataclasses.field(repr=False)
+    argument: str = ""  # what the user named: a preset or a path
 
     def with_config(self, config: StudyConfig) -> LoadedStudy:
         return dataclasses.replace(self, config=config)
@@ -113,7 +114,7 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> LoadedStudy:
     module = study_module(kind, source)
     config = validate(module.Config, values, source)
     check_names(config, source)
-    return LoadedStudy(name=name, source=source, config=config, module=module)
+    return LoadedStudy(name=name, source=source, config=config, module=module, argument=study)
 
 
 def iter_blocks(value: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
@@ -140,9 +141,7 @@ def check_names(config: StudyConfig, source: str) -> None:
                 _check_data(block)
             elif isinstance(block, ModelConfig):
                 _check_model(block)
-            elif isinstance(block, AttackConfig):
-                block.build()
-            elif isinstance(block, DefenceConfig):
+            elif isinstance(block, AttackConfig | DefenceConfig):
                 block.build()
         except UserError as error:
             raise UserError(f"{source}: {where}: {error}") from None
@@ -178,7 +177,10 @@ def _check_model(block: ModelConfig) -> None:
             raise unknown_name("architecture", block.arch, [*BUILTINS, *timm.list_models()])
     if block.pretrained == "offline" and block.arch.split(".")[0] != OFFLINE_ARCH:
         raise UserError(f"pretrained 'offline' exists only for {OFFLINE_ARCH}, not '{block.arch}'")
-    if block.pretrained not in (None, "imagenet", "offline") and not Path(block.pretrained).is_file():
+    if (
+        block.pretrained not in (None, "imagenet", "offline")
+        and not Path(block.pretrained).is_file()
+    ):
         raise UserError(
             f"pretrained must be null, 'imagenet', 'offline' or a weights file, got '{block.pretrained}'"
         )
@@ -300,8 +302,11 @@ def run_section(study: LoadedStudy, results: Mapping[str, Any]) -> Any:
         for name, timing in results["timings"].items()
     ]
     text = "\n\n".join(
-        [f"Study '{study.name}' ({study.source}). Rebuild with: robustlab run {study.source}."]
-        + list(study.config.notes)
+        [
+            f"Study '{study.name}' ({study.source}); run again with: robustlab run "
+            f"{study.argument or study.source} and the same --set options.",
+            *study.config.notes,
+        ]
     )
     return Section(
         id="run-details",

@@ -53,21 +53,42 @@ class Config(StudyConfig):
     attack: AttackConfig = AttackConfig(
         name="filter", settings={"iterations": 1000, "lr": 0.1, "penalty": "l2_loss"}
     )
-    betas: list[float] = Field(default_factory=lambda: [0.0, 0.5], min_length=1)  # one face, in turn
+    betas: list[float] = Field(
+        default_factory=lambda: [0.0, 0.5], min_length=1
+    )  # one face, in turn
     sweep: SweepConfig | None = None
 
     def check(self) -> None:
         if self.attack.name != "filter":
-            raise UserError(f"attack: this study learns a filter; use name 'filter', got '{self.attack.name}'")
+            raise UserError(
+                f"attack: this study learns a filter; use name 'filter', got '{self.attack.name}'"
+            )
         if "beta" in self.attack.settings:
             raise UserError("attack.settings.beta: set the betas with 'betas' and 'sweep.betas'")
+        settings = self.attack.build().settings()
+        # Plain gradient descent on beta * P(delta) shrinks delta by (1 - lr * beta * c) per step,
+        # c = 1 for 'l2_loss' (sum/2) and 2 for 'squared': it diverges once that leaves (-1, 1).
+        c = 1.0 if settings["penalty"] == "l2_loss" else 2.0
+        limit = 2.0 / (settings["lr"] * c)
+        for field, betas in (
+            ("betas", self.betas),
+            ("sweep.betas", self.sweep.betas if self.sweep else []),
+        ):
+            for beta in betas:
+                if beta >= limit:
+                    raise UserError(
+                        f"{field}: beta {beta:g} with lr {settings['lr']:g} and penalty "
+                        f"'{settings['penalty']}' makes gradient descent diverge; use beta < {limit:g}"
+                    )
 
 
 def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
     """A class given by index or name -> its index (UserError naming ``field`` otherwise)."""
     if isinstance(wanted, int):
         if not 0 <= wanted < len(classes):
-            raise UserError(f"{field}: class index {wanted} out of range for {len(classes)} classes")
+            raise UserError(
+                f"{field}: class index {wanted} out of range for {len(classes)} classes"
+            )
         return wanted
     if wanted not in classes:
         from robustlab.errors import unknown_name
@@ -81,13 +102,28 @@ def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
 
 def steps(config: Config) -> list[Step]:
     out = [common.data_step(config.data)]
-    out.append(common.train_step(config.model, config.data, common.train_estimate(config.model, config.data) / 4))
+    out.append(
+        common.train_step(
+            config.model, config.data, common.train_estimate(config.model, config.data) / 4
+        )
+    )
     iterations = int(config.attack.settings.get("iterations", 1000))
-    out.append(Step("one-face", "filter attack on one face", _one_face(config), 1 + 2e-3 * iterations * len(config.betas)))
+    out.append(
+        Step(
+            "one-face",
+            "filter attack on one face",
+            _one_face(config),
+            1 + 2e-3 * iterations * len(config.betas),
+        )
+    )
     if config.sweep is not None:
         s = config.sweep
         expected = 2 + 1e-4 * s.iterations * len(s.betas) * (s.limit or 300)
-        out.append(Step("beta-sweep", f"beta sweep over {s.limit or 'all'} faces", _sweep(config), expected))
+        out.append(
+            Step(
+                "beta-sweep", f"beta sweep over {s.limit or 'all'} faces", _sweep(config), expected
+            )
+        )
     return out
 
 
@@ -150,7 +186,11 @@ def _one_face(config: Config) -> Any:
             delta = result.delta
             scores.append((f"beta = {beta:g}", result.logits[0].tolist(), float(result.l2[0])))
             images.append(result.x_adv[0])
-            plots.plot_filter(delta[0].numpy(), ctx.dir / f"filter_beta{beta:g}.png", title=f"learned filter, β = {beta:g}")
+            plots.plot_filter(
+                delta[0].numpy(),
+                ctx.dir / f"filter_beta{beta:g}.png",
+                title=f"learned filter, β = {beta:g}",
+            )
         classes = list(splits.classes)
         titles = [
             f"{name}\npredicted {classes[max(range(len(logits)), key=logits.__getitem__)]}"
@@ -166,7 +206,13 @@ def _one_face(config: Config) -> Any:
             }
             for name, logits, l2 in scores
         ]
-        result = {"index": index, "true": classes[int(y[0])], "target": classes[target], "betas": config.betas, "images": rows}
+        result = {
+            "index": index,
+            "true": classes[int(y[0])],
+            "target": classes[target],
+            "betas": config.betas,
+            "images": rows,
+        }
         write_json(ctx.dir / "one_face.json", result)
         return result
 
@@ -266,9 +312,14 @@ def plot_sweep(rows: list[Mapping[str, Any]], path: Path) -> Path:
 def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
     face = results.get("one-face", {})
     return {
-        "test_accuracy": results.get(common.train_step_name(config.model.name), {}).get("test_accuracy"),
+        "test_accuracy": results.get(common.train_step_name(config.model.name), {}).get(
+            "test_accuracy"
+        ),
         "one_face": [(row["image"], row["predicted"]) for row in face.get("images", [])],
-        "sweep": [(row["beta"], row["success_rate"], row["mean_l2"]) for row in results.get("beta-sweep", {}).get("rows", [])],
+        "sweep": [
+            (row["beta"], row["success_rate"], row["mean_l2"])
+            for row in results.get("beta-sweep", {}).get("rows", [])
+        ],
     }
 
 
@@ -296,10 +347,21 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
     face = results.get("one-face")
     if face:
         classes = list(face["images"][0]["scores"])
-        rows = [[row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]] for row in face["images"]]
+        rows = [
+            [row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]]
+            for row in face["images"]
+        ]
         source_rows = [[name, *scores] for name, scores in SOURCE_SCORES.items()]
-        figures = [Figure("one-face/faces.png", "Original, then the filtered image after each β (as in the source)")]
-        figures += [Figure(f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}") for beta in face["betas"]]
+        figures = [
+            Figure(
+                "one-face/faces.png",
+                "Original, then the filtered image after each β (as in the source)",
+            )
+        ]
+        figures += [
+            Figure(f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}")
+            for beta in face["betas"]
+        ]
         sections.append(
             Section(
                 id="one-face",
@@ -307,23 +369,57 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
                 text=f"Test image {face['index']}, true class {face['true']}; filters learned in turn "
                 f"for β = {', '.join(f'{b:g}' for b in face['betas'])}, each starting from the last.",
                 tables=[
-                    Table(["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"], rows, "Scores (logits) of the model"),
-                    Table(["source image", "score man", "score woman"], source_rows, "The source's scores"),
+                    Table(
+                        ["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"],
+                        rows,
+                        "Scores (logits) of the model",
+                    ),
+                    Table(
+                        ["source image", "score man", "score woman"],
+                        source_rows,
+                        "The source's scores",
+                    ),
                 ],
                 figures=figures,
             )
         )
     sweep = results.get("beta-sweep")
     if sweep:
-        rows = [[r["beta"], r["success_rate"], r["mean_l2"], r["median_l2"], r["mean_l2_successful"], r["mean_linf"]] for r in sweep["rows"]]
+        rows = [
+            [
+                r["beta"],
+                r["success_rate"],
+                r["mean_l2"],
+                r["median_l2"],
+                r["mean_l2_successful"],
+                r["mean_linf"],
+            ]
+            for r in sweep["rows"]
+        ]
         sections.append(
             Section(
                 id="beta-sweep",
                 title="Beyond the source: success and filter size against β",
                 text=f"{sweep['faces']} test faces of the source class that the model classifies "
                 f"correctly, {sweep['iterations']} iterations per β, each from a zero filter.",
-                tables=[Table(["β", "success rate", "mean ||Δ||₂", "median ||Δ||₂", "mean ||Δ||₂ (successes)", "mean ||Δ||∞"], rows)],
-                figures=[Figure("beta-sweep/beta_sweep.png", "Success rate and mean filter norm against β")],
+                tables=[
+                    Table(
+                        [
+                            "β",
+                            "success rate",
+                            "mean ||Δ||₂",
+                            "median ||Δ||₂",
+                            "mean ||Δ||₂ (successes)",
+                            "mean ||Δ||∞",
+                        ],
+                        rows,
+                    )
+                ],
+                figures=[
+                    Figure(
+                        "beta-sweep/beta_sweep.png", "Success rate and mean filter norm against β"
+                    )
+                ],
             )
         )
     return ReportSpec(
