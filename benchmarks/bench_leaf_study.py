@@ -65,6 +65,8 @@ def main() -> int:
     parser.add_argument("--no-tcmalloc", action="store_true", help="do not preload tcmalloc")
     args = parser.parse_args()
 
+    # As `robustlab run` does: passive OpenMP waiting (see robustlab.cli.run).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     preload = os.environ.get("LD_PRELOAD", "")
     if not args.no_tcmalloc and os.path.exists(TCMALLOC) and "tcmalloc" not in preload:
         env = {**os.environ, "LD_PRELOAD": f"{TCMALLOC}:{preload}".rstrip(":")}
@@ -89,7 +91,9 @@ def main() -> int:
     print(
         f"\nleaf study on {study.config.data.name}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, allocator "
-        f"{'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}"
+        f"{'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}, "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(f"{'step':28s} {'seconds':>9s} {'peak RSS MB':>12s}")
     for row in sampler.rows:

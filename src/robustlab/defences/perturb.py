@@ -21,7 +21,6 @@ import torch
 from torch import Tensor, nn
 
 Norm = Literal["linf", "l2", "l1"]
-NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 # NSL's floor on a gradient norm before dividing by it (``epsilon=1e-6`` in nsl.lib.utils).
 NORM_FLOOR = 1e-6
 
