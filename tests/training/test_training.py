@@ -40,7 +40,7 @@ def test_frozen_keeps_backbone_and_bn_statistics_bit_identical(digits):
     assert before.keys() == after.keys()
     for key, value in before.items():
         assert torch.equal(value, after[key]), key  # weights and BN running stats alike
-    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(head_before, model.head.parameters(), strict=True))
 
 
 def test_frozen_with_objective_runs_on_pixels_and_still_freezes(digits):
