@@ -28,7 +28,6 @@ CURVES = [
             "label": "FGSM (T=1, squared error)",
         },
         "eps": [0.01, 0.05],
-        "surrogates": ["frozen"],
         "limit": 16,
         "examples": 1,
     },
@@ -36,7 +35,7 @@ CURVES = [
         "name": "mifgsm",
         "attack": {"name": "mifgsm", "settings": {"steps": 2}, "label": "MI-FGSM (2 steps)"},
         "eps": [0.03],
-        "surrogates": ["frozen", "simple-cnn"],
+        "surrogates": ["finetune", "simple-cnn"],
         "limit": 16,
         "noise": False,
         "examples": 0,
@@ -51,6 +50,7 @@ TINY = [
     "data.limit=120",
     "models.*.epochs=1",
     "models.finetune.epochs=2",
+    "models.finetune-top3.epochs=2",
     f"curves={json.dumps(CURVES)}",
     "transfer.limit=16",
 ]
@@ -90,16 +90,16 @@ def test_tiny_leaf_study_writes_every_output(finished):
     assert steps["data"]["sizes"]["test"] == 18
     mse = steps["attack-ifgsm-mse"]
     assert [c["kind"] for c in mse["curves"]] == ["white-box", "black-box", "noise"]
-    assert mse["curves"][1]["source"] == "frozen" and mse["target"] == "finetune"
+    assert mse["curves"][1]["source"] == "simple-cnn" and mse["target"] == "finetune-top3"
     # white-box accuracy can only fall below clean accuracy; the source's shape is evaluated
     assert all(a <= mse["clean_accuracy"] + 1e-9 for a in mse["curves"][0]["accuracy"])
     shape = steps["shape-check"]
     assert shape["eps"] == 0.01 and isinstance(shape["black_below_noise"], bool)
     matrix = steps["transfer-matrix"]
-    assert matrix["models"] == ["frozen", "finetune", "simple-cnn"]
+    assert matrix["models"] == ["frozen", "finetune", "simple-cnn", "finetune-top3"]
     mifgsm = steps["attack-mifgsm"]
-    assert [c["source"] for c in mifgsm["curves"]] == ["finetune", "frozen", "simple-cnn"]
-    assert len(matrix["accuracy"]) == 3 and all(len(row) == 3 for row in matrix["accuracy"])
+    assert [c["source"] for c in mifgsm["curves"]] == ["finetune-top3", "finetune", "simple-cnn"]
+    assert len(matrix["accuracy"]) == 4 and all(len(row) == 4 for row in matrix["accuracy"])
     for step in steps:
         assert (finished / step / "done.json").exists()
     assert (finished / "config.yaml").exists() and (finished / "config.json").exists()
@@ -108,7 +108,7 @@ def test_tiny_leaf_study_writes_every_output(finished):
     for title in (
         "What this study does",
         "Does the source",
-        "Robustness: MI-FGSM (2 steps) on finetune",
+        "Robustness: MI-FGSM (2 steps) on finetune-top3",
         "Transfer matrix",
         "Run details",
     ):

@@ -166,7 +166,7 @@ def curves_step(
 
         x, y = test_images(ctx, data, curves.limit)
         model = load_model(ctx, target)
-        surrogates = {name: load_model(ctx, name) for name in curves.surrogates}
+        surrogates = {name: load_model(ctx, name) for name in curves.surrogates or []}
         keep = range(min(len(x), max(16, curves.examples)))
         result = robustness_curves(
             model,
@@ -226,8 +226,9 @@ def curves_estimate(curves: CurvesConfig, n_test: int, cost_per_image: float) ->
     """Seconds for a curves step: attack passes x images x per-image gradient cost."""
     n = min(n_test, curves.limit or n_test)
     steps = int(curves.attack.settings.get("steps", 1 if curves.attack.name == "fgsm" else 10))
-    passes = len(curves.eps) * steps * (1 + len(curves.surrogates))
-    passes += len(curves.eps) * (2 + len(curves.surrogates))  # scoring, noise
+    sources = len(curves.surrogates or [])
+    passes = len(curves.eps) * steps * (1 + sources)
+    passes += len(curves.eps) * (2 + sources)  # scoring, noise
     if curves.sanity:
         passes += 3 + (20 if curves.unbounded_check else 0)
     return 2 + passes * n * cost_per_image

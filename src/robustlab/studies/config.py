@@ -152,7 +152,7 @@ class CurvesConfig(Strict):
     attack: AttackConfig
     eps: list[float] = Field(min_length=1)
     target: str | None = None  # a model's name; None = the study's target
-    surrogates: list[str] = Field(default_factory=list)  # black-box sources (model names)
+    surrogates: list[str] | None = None  # black-box sources (model names); None = the study's
     noise: bool = True  # the random-noise baseline with the same budget
     limit: int | None = Field(default=None, ge=1)  # first N test images (None = all)
     examples: int = Field(default=2, ge=0)  # triptych + prediction-vector figures
