@@ -88,6 +88,8 @@ def test_preprocess_resizes_then_normalises() -> None:
         ("simple-cnn", 3, 64, 24, 8 * 24 * 24),
         ("face-cnn", 1, 48, None, 12 * 6 * 6),
         ("small-cnn", 1, 28, None, 128),
+        ("nsl-cnn", 1, 28, None, 64),
+        ("nsl-cnn", 3, 32, None, 64),
     ],
 )
 def test_builtin_flatten_follows_input_size(
@@ -99,7 +101,8 @@ def test_builtin_flatten_follows_input_size(
     assert model.num_features == features
     assert model(torch.rand(2, in_chans, size, size)).shape == (2, 3)
     convs = [m for m in model.backbone.modules() if isinstance(m, nn.Conv2d)]
-    assert len(model.blocks()) == len(convs) + (arch == "small-cnn")  # + its hidden dense layer
+    hidden_dense = arch in ("small-cnn", "nsl-cnn")
+    assert len(model.blocks()) == len(convs) + hidden_dense
 
 
 def test_builtin_too_small_input_is_a_user_error() -> None:

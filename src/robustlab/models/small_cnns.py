@@ -7,6 +7,9 @@
   study fed (pixel - 128) / 256, i.e. mean 0.5, std 1 on [0, 1] pixels.
 - ``small-cnn``: the NSL Fashion-MNIST tutorial's CNN (conv 32 3x3 + ReLU, maxpool, conv 64 3x3 +
   ReLU, maxpool, flatten, dense 128 + ReLU; dense K is the head), mean 0.5, std 0.5.
+- ``nsl-cnn``: the NSL adversarial-regularisation MNIST tutorial's CNN (``conv_filters = [32, 64,
+  64]``, 3x3 'valid' + ReLU, a 2x2 maxpool between them, flatten, dense 64 + ReLU; dense K is
+  the head). The tutorial fed images/255: mean 0, std 1.
 
 Flatten sizes follow the input side S, so the same architecture works at 28, 48 or 96 pixels.
 """
@@ -82,6 +85,19 @@ def small_cnn(in_chans: int, size: int) -> CnnBackbone:
     return CnnBackbone(stages, 128)
 
 
+def nsl_cnn(in_chans: int, size: int) -> CnnBackbone:
+    """NSL MNIST tutorial CNN: three valid 3x3 convs, pools between them, a 64-unit hidden layer."""
+    _check_size("nsl-cnn", size, 18)
+    side = ((size - 2) // 2 - 2) // 2 - 2
+    stages = [
+        _conv(in_chans, 32, 3, same=False, pool=True),
+        _conv(32, 64, 3, same=False, pool=True),
+        _conv(64, 64, 3, same=False, pool=False),
+        nn.Sequential(nn.Flatten(), nn.Linear(64 * side * side, 64), nn.ReLU(inplace=True)),
+    ]
+    return CnnBackbone(stages, 64)
+
+
 @dataclass(frozen=True)
 class BuiltinArch:
     """A built-in architecture and the conventions of the study it comes from."""
@@ -98,4 +114,5 @@ BUILTINS: dict[str, BuiltinArch] = {
     "simple-cnn": BuiltinArch(simple_cnn, 0.0, 1.0, 96, 3, "CNN (leaf study)"),
     "face-cnn": BuiltinArch(face_cnn, 0.5, 1.0, 48, 1, "CNN (face study)"),
     "small-cnn": BuiltinArch(small_cnn, 0.5, 0.5, 28, 1, "CNN (Fashion-MNIST, NSL)"),
+    "nsl-cnn": BuiltinArch(nsl_cnn, 0.0, 1.0, 28, 1, "CNN (MNIST, NSL tutorial)"),
 }
