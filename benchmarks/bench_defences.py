@@ -37,6 +37,7 @@ import argparse
 import copy
 import dataclasses
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.allocator import allocator_name, reexec_with_tcmalloc
 from robustlab.attacks import get_attack
 from robustlab.data import DataSpec, load_splits
 from robustlab.defences import (
@@ -352,12 +354,15 @@ def main() -> None:
     if "leaf" in args.tasks and args.leaf_epochs < 3:
         parser.error("--leaf-epochs must be >= 3: 1 head + 1 clean epoch come before the defences")
 
+    reexec_with_tcmalloc(sys.argv)  # as every robustlab command runs (ROBUSTLAB_TCMALLOC=0: not)
     torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {args.threads} threads, allocator {allocator_name()}")
     data_dir = args.data_dir or default_data_dir()
     started = time.perf_counter()
     tasks = {name: run_task(TASKS[name](args), args, data_dir) for name in args.tasks}
     results: dict[str, Any] = {
         "torch_threads": torch.get_num_threads(),
+        "allocator": allocator_name(),
         "seconds": round(time.perf_counter() - started, 1),
         "tasks": tasks,
     }

@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+from robustlab.allocator import allocator_name, reexec_with_tcmalloc
+
 TARGET_SECONDS = 600.0
 TARGET_RSS_MB = 4096.0
 
@@ -67,10 +68,8 @@ def main() -> int:
 
     # As `robustlab run` does: passive OpenMP waiting (see robustlab.cli.run).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    preload = os.environ.get("LD_PRELOAD", "")
-    if not args.no_tcmalloc and os.path.exists(TCMALLOC) and "tcmalloc" not in preload:
-        env = {**os.environ, "LD_PRELOAD": f"{TCMALLOC}:{preload}".rstrip(":")}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    if not args.no_tcmalloc:
+        reexec_with_tcmalloc(sys.argv)
 
     import logging
 
@@ -91,7 +90,7 @@ def main() -> int:
     print(
         f"\nleaf study on {study.config.data.name}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, allocator "
-        f"{'tcmalloc' if 'tcmalloc' in os.environ.get('LD_PRELOAD', '') else 'glibc'}, "
+        f"{allocator_name()}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )

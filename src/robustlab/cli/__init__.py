@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from robustlab.allocator import reexec_with_tcmalloc
 from robustlab.errors import UserError
 
 COMMANDS = ("data", "models", "train", "evaluate", "attack", "report", "run")
@@ -55,35 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TCMALLOC_PATHS = (
-    "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
-    "/usr/lib64/libtcmalloc_minimal.so.4",
-)
-
-
-def _reexec_with_tcmalloc() -> None:
-    """Restart this process with tcmalloc preloaded, as PyTorch's own CPU launcher does.
-
-    glibc malloc page-faults on the large short-lived tensors of convolutions; tcmalloc made
-    CPU training and attacks up to 3x faster here. ``ROBUSTLAB_TCMALLOC=0`` turns this off.
-    """
-    if os.environ.get("ROBUSTLAB_TCMALLOC", "1") == "0":
-        return
-    preload = os.environ.get("LD_PRELOAD", "")
-    if "tcmalloc" in preload:
-        return
-    library = next((path for path in TCMALLOC_PATHS if os.path.exists(path)), None)
-    if library is None:
-        return
-    env = dict(os.environ, LD_PRELOAD=f"{library}:{preload}" if preload else library)
-    os.execve(sys.executable, [sys.executable, "-m", "robustlab", *sys.argv[1:]], env)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point. ``argv=None`` means a real process: it may restart itself under tcmalloc."""
-    if argv is None:
-        _reexec_with_tcmalloc()
+    if argv is None:  # ROBUSTLAB_TCMALLOC=0 turns the allocator switch off
+        reexec_with_tcmalloc(["-m", "robustlab", *sys.argv[1:]])
     args = build_parser().parse_args(argv)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # started by torchrun
     rank = int(os.environ.get("RANK", "0")) if launched else 0
