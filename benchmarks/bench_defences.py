@@ -28,8 +28,8 @@ between.
         [--eval 1000] [--threads 1]
 
 The defaults subsample (with --threads 2 on the 2-core machine: Fashion-MNIST 16 minutes, leaf
-6-10 minutes); raise
---fmnist-train (up to ~60000), --leaf-limit (up to 3997) and --eval to scale up.
+6-10 minutes); raise --fmnist-train (up to ~60000), --leaf-limit (up to 3997) and --eval to
+scale up.
 """
 
 from __future__ import annotations
