@@ -110,7 +110,7 @@ def steps(config: Config) -> list[Step]:
                 config.data,
                 names,
                 batch_size=config.eval_batch_size,
-                expected_seconds=2 + len(names) * (2 + len(names)) * n_test * per_image,
+                expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
             )
         )
     return out

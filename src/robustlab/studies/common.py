@@ -234,6 +234,11 @@ def curves_estimate(curves: CurvesConfig, n_test: int, cost_per_image: float) ->
     return 2 + passes * n * cost_per_image
 
 
+def transfer_estimate(n_models: int, n_test: int, cost_per_image: float) -> float:
+    """Seconds for a transfer matrix: each model crafts once, then every model scores it."""
+    return 2 + n_models * (2 + n_models) * n_test * cost_per_image
+
+
 def transfer_step(
     transfer: TransferConfig,
     data: DataConfig,
