@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustlab.errors import UserError
-from robustlab.io import write_bytes, write_text
+from robustlab.io import remove_stale_temporaries, write_bytes, write_text
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +223,8 @@ class ChunkStore:
     def load(self, index: int) -> Any | None:
         """Chunk ``index``'s saved result, or None when it must be computed."""
         path = self.path(index)
+        # a kill mid-save leaves a temporary file: only this rank writes this chunk, so it is stale
+        remove_stale_temporaries(self.folder, path.name)
         if not path.exists():
             return None
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
 
 
 class UserError(ValueError):
@@ -46,3 +47,22 @@ def check_range(
     if high is not None and value > high:
         raise UserError(f"{field} must be <= {high}, got {value:g}")
     return value
+
+
+def first_difference(old: Any, new: Any, where: str = "") -> str:
+    """The first path where two JSON values differ, as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            if old.get(key, "<unset>") != new.get(key, "<unset>"):
+                path = f"{where}.{key}" if where else str(key)
+                return first_difference(old.get(key, "<unset>"), new.get(key, "<unset>"), path)
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                return first_difference(a, b, f"{where}[{index}]")
+    return f"{where or 'config'}: {_short(old)} -> {_short(new)}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -22,25 +22,68 @@ from robustlab.errors import UserError
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
+
+    The file gets the permissions the user's umask gives a new file (``mkstemp`` alone would
+    leave it 0600). Any failure - making the folder, the temporary file, writing, renaming -
+    removes the temporary file and raises one ``UserError`` line.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except OSError as error:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise UserError(f"could not write {path}: {error.strerror or error}") from error
     except BaseException as error:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         if isinstance(error, Exception) and _disk_full(error, path.parent):
             raise UserError(f"could not write {path}: {os.strerror(errno.ENOSPC)}") from error
         raise
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+def _discard(tmp: Path | None) -> None:
+    if tmp is not None:
+        with contextlib.suppress(OSError):  # a folder gone or read-only: nothing to clean
+            tmp.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it (``os.umask`` can only set it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc (macOS): set and restore, the only portable way
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], name: str = "*") -> list[Path]:
+    """Remove the temporary files ``atomic_path`` left in ``folder`` for ``name`` when killed.
+
+    Only safe while no other process writes there: callers hold the folder's output lock.
+    """
+    removed = []
+    for stale in Path(folder).glob(f".{name}.*{TEMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+            removed.append(stale)
+    return removed
 
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}

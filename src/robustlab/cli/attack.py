@@ -73,6 +73,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--data-dir", type=Path, help="data directory (default: see data docs)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu)")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results already in --out (kept until the new ones are complete)",
+    )
     parser.set_defaults(func=run, distributed=True)
 
 
@@ -158,9 +163,32 @@ def resolve_target(target: str | None, classes: list[str]) -> int | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
+    from robustlab import distributed
 
     job = build_job(args)
+    lock = claim_results_folder(args.out, args.overwrite) if distributed.is_main() else None
+    try:
+        return _attack(args, job)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def claim_results_folder(out: Path, overwrite: bool) -> Any:
+    """Make and lock ``out`` before any work; finished results are replaced only on request."""
+    from robustlab.outdir import OutputLock, make_folder
+
+    make_folder(out, "--out")
+    lock = OutputLock(out, "--out").acquire()
+    if (out / "attack.json").exists() and not overwrite:
+        lock.release()
+        raise UserError(f"{out} already holds attack results; pass --overwrite to replace them")
+    return lock
+
+
+def _attack(args: argparse.Namespace, job: AttackJob) -> int:
+    import torch
+
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
     target = resolve_target(job.target, classes)
@@ -302,6 +330,10 @@ def write_results(
     from robustlab.io import atomic_path, write_json
 
     out = Path(out)
+    # old results (--overwrite) go only now that the new ones are complete, attack.json first:
+    # a kill in between leaves no results rather than a mixed pair
+    (out / "attack.json").unlink(missing_ok=True)
+    (out / "adversarials.safetensors").unlink(missing_ok=True)
     adversarials_file = None
     if result.adversarials is not None:
         tensors = {

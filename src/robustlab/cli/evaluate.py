@@ -104,19 +104,48 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
+    if (args.attack or args.transfer) and args.split == "all":
+        raise UserError("--split all is for clean accuracy; attack one split (test, val, train)")
     if args.transfer:
         if args.run_dir is not None:
             raise UserError("give either RUN_DIR or --transfer RUN1 RUN2 ..., not both")
-        return run_transfer(args)
+        if len(args.transfer) < 2:
+            raise UserError(f"--transfer needs at least 2 runs, got {len(args.transfer)}")
+        with claim_results(args, args.transfer[0], "transfer"):
+            return run_transfer(args)
     if args.run_dir is None:
         raise UserError("RUN_DIR is required (or --transfer RUN1 RUN2 ...)")
     if args.attack:
-        return run_robustness(args)
+        if args.examples < 0 or args.save_adversarials < 0:
+            raise UserError("--examples and --save-adversarials must be >= 0")
+        with claim_results(args, args.run_dir, "robustness"):
+            return run_robustness(args)
     used = [name for name in ROBUSTNESS_OPTIONS if getattr(args, name) not in (None, False, [])]
     if used or args.eps:
         shown = "--" + ", --".join(n.replace("_", "-") for n in used or ["eps"])
         raise UserError(f"{shown} need(s) --attack")
-    return run_clean(args)
+    with claim_results(args, args.run_dir, None):
+        return run_clean(args)
+
+
+def claim_results(args: argparse.Namespace, run_dir: Path, kind: str | None) -> Any:
+    """Lock the folder the command writes (made and probed first), before any model or data.
+
+    ``kind``: the default results folder ``RUN_DIR/<kind>/<attack>``; None: ``RUN_DIR`` itself
+    (clean metrics). A missing or broken run is left for ``load_run`` to report.
+    """
+    import contextlib
+
+    from robustlab.outdir import claim_output
+
+    if kind is None:
+        folder, flag = run_dir, "RUN_DIR"
+    else:
+        attack, _ = build_attack(args)  # bad settings are reported before any folder is made
+        folder, flag = args.out or run_dir / kind / attack.name, "--out"
+    if not (run_dir / "model.safetensors").is_file():
+        return contextlib.nullcontext()
+    return claim_output(folder, flag)
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -265,11 +294,7 @@ def run_robustness(args: argparse.Namespace) -> int:
     from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
     from robustlab.reporting import build_report
 
-    if args.split == "all":
-        raise UserError("--split all is for clean accuracy; attack one split (test, val, train)")
     attack, epsilons = build_attack(args)
-    if args.examples < 0 or args.save_adversarials < 0:
-        raise UserError("--examples and --save-adversarials must be >= 0")
     names = unique_names([args.run_dir, *args.surrogate])
     target = load_run(args.run_dir, args.device, names[0])
     surrogates = [
@@ -360,10 +385,6 @@ def run_transfer(args: argparse.Namespace) -> int:
     from robustlab.reporting import build_report
     from robustlab.reporting.results import TRANSFER_FILE
 
-    if args.split == "all":
-        raise UserError("--split all is for clean accuracy; attack one split (test, val, train)")
-    if len(args.transfer) < 2:
-        raise UserError(f"--transfer needs at least 2 runs, got {len(args.transfer)}")
     attack, epsilons = build_attack(args)
     if len(epsilons) != 1:
         raise UserError(f"--transfer takes one epsilon, got {len(epsilons)} ({args.eps})")

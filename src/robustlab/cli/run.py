@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from robustlab.cli.common import add_data_dir, show_progress
@@ -41,11 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # OpenMP threads that spin while waiting are up to 10x slower on a busy machine (measured: a
-    # lite0 training batch 4.5 s spinning vs 0.5 s passive with 2 threads beside other jobs).
-    # libgomp reads this when torch loads, so it only takes effect before the first import.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from robustlab.errors import UserError
+    from robustlab.outdir import check_writable, claim_output
     from robustlab.studies import list_presets, load_study, resolve_data, run_study
     from robustlab.studies.config import dump_yaml, to_plain
 
@@ -59,11 +55,13 @@ def run(args: argparse.Namespace) -> int:
     if args.show_config:
         print(dump_yaml(to_plain(study.config)), end="")
         return 0
-    study = resolve_data(study, args.data_dir)
     out: Path = args.out or Path("runs") / study.name
-    results = run_study(
-        study, out, data_dir=args.data_dir, restart=args.restart, progress=show_progress()
-    )
+    check_writable(out)
+    study = resolve_data(study, args.data_dir)
+    with claim_output(out):
+        results = run_study(
+            study, out, data_dir=args.data_dir, restart=args.restart, progress=show_progress()
+        )
     summary = study.module.summary(study.config, results["steps"])
     print(
         json.dumps({"run_dir": str(out), "report": str(out / "report.html"), **summary}, indent=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 from robustlab.cli.common import (
@@ -16,6 +15,7 @@ from robustlab.cli.common import (
     show_progress,
 )
 from robustlab.errors import UserError
+from robustlab.outdir import OutputLock, Replacement, make_folder
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -86,29 +86,58 @@ def run(args: argparse.Namespace) -> int:
 
         objective, defence = build_defence(args.defence, args.defence_opt)
     out: Path = args.out
+    lock, replacement = (None, None)
     if distributed.is_main():
-        _prepare_run_dir(out, args.overwrite)
-    distributed.barrier()
-    metrics = train_run(
-        out,
-        data,
-        model,
-        config,
-        objective=objective,
-        defence=defence,
-        data_dir=args.data_dir,
-        progress=show_progress(),
-    )
+        lock, replacement = _prepare_run_dir(out, args.overwrite)
+    try:
+        # every rank trains into the folder rank 0 chose (the run itself, or its replacement)
+        work_dir = distributed.broadcast_object(replacement.staging if replacement else out)
+        metrics = train_run(
+            work_dir,
+            data,
+            model,
+            config,
+            objective=objective,
+            defence=defence,
+            data_dir=args.data_dir,
+            progress=show_progress(),
+        )
+        if replacement is not None:
+            replacement.commit()  # the old run is replaced only by a finished one
+    finally:
+        if replacement is not None:
+            replacement.abandon()
+        if lock is not None:
+            lock.release()
     if distributed.is_main():
         print(json.dumps({"run_dir": str(out), **metrics}, indent=1))
     return 0
 
 
-def _prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """A finished run is never clobbered by accident; an unfinished one is resumed."""
-    if (out / "model.safetensors").exists():
-        if not overwrite:
-            raise UserError(f"{out} already holds a trained model; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
+def _prepare_run_dir(out: Path, overwrite: bool) -> tuple[OutputLock, Replacement | None]:
+    """Lock ``out``; a finished run is never clobbered by accident, an unfinished one resumed.
+
+    With ``--overwrite`` over an existing run, the new run is trained beside it and swapped in
+    when finished (``Replacement``): an error or Ctrl-C leaves the old run as it was.
+    """
+    from robustlab.training.loop import STATE_FILE
+
+    Replacement(out).recover()
+    make_folder(out, "--out")
+    lock = OutputLock(out, "--out").acquire()
+    holds_run = any((out / name).exists() for name in ("model.safetensors", STATE_FILE))
+    # the state is removed last: while it is there the run is unfinished (a kill may have cut
+    # it between its final files), and the same command completes it
+    finished = (out / "model.safetensors").exists() and not (out / STATE_FILE).exists()
+    if finished and not overwrite:
+        lock.release()
+        raise UserError(f"{out} already holds a trained model; pass --overwrite to replace it")
+    if not (overwrite and holds_run):
+        return lock, None
+    replacement = Replacement(out)
+    try:
+        replacement.start()
+    except BaseException:
+        lock.release()
+        raise
+    return lock, replacement

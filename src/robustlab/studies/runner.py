@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robustlab.errors import UserError
-from robustlab.io import read_json, write_json, write_text
+from robustlab.errors import UserError, first_difference
+from robustlab.io import read_json, remove_stale_temporaries, write_json, write_text
+from robustlab.outdir import LOCK_FILE, is_empty_output
 from robustlab.studies.config import dump_yaml
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def prepare_run_dir(run_dir: Path, config: Mapping[str, Any], *, restart: bool =
     if restart and recorded.exists():
         _check_is_study_dir(run_dir)
         log.info("--restart: removing the previous run in %s", run_dir)
-        shutil.rmtree(run_dir)
+        _empty_folder(run_dir)
     if recorded.exists():
         _check_is_study_dir(run_dir)
         previous = read_json(recorded, "run config").get("config")
@@ -129,8 +130,10 @@ def prepare_run_dir(run_dir: Path, config: Mapping[str, Any], *, restart: bool =
                 f"{run_dir} holds a run of a different config ({first_difference(previous, config)}); "
                 "use --out DIR for a new run, or --restart to discard the old one"
             )
+        for folder in (run_dir, *(p for p in run_dir.rglob("*") if p.is_dir())):
+            remove_stale_temporaries(folder)  # writes a kill interrupted
         return
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if not is_empty_output(run_dir):
         raise UserError(
             f"--out {run_dir} is not empty and holds no study run; choose another --out"
         )
@@ -138,29 +141,21 @@ def prepare_run_dir(run_dir: Path, config: Mapping[str, Any], *, restart: bool =
     write_text(run_dir / "config.yaml", dump_yaml(config))
 
 
+def _empty_folder(run_dir: Path) -> None:
+    """Remove everything in ``run_dir`` but its lock file (held by this process)."""
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
 def _check_is_study_dir(run_dir: Path) -> None:
     recorded = read_json(run_dir / "config.json", "run config")
     if not isinstance(recorded, dict) or recorded.get("format") != FORMAT:
         raise UserError(f"{run_dir} is not a robustlab study run (config.json has another format)")
-
-
-def first_difference(old: Any, new: Any, where: str = "") -> str:
-    """The first path where two JSON values differ, as ``key: old -> new``."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in sorted(set(old) | set(new), key=str):
-            if old.get(key, "<unset>") != new.get(key, "<unset>"):
-                path = f"{where}.{key}" if where else str(key)
-                return first_difference(old.get(key, "<unset>"), new.get(key, "<unset>"), path)
-    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        for index, (a, b) in enumerate(zip(old, new, strict=True)):
-            if a != b:
-                return first_difference(a, b, f"{where}[{index}]")
-    return f"{where or 'config'}: {_short(old)} -> {_short(new)}"
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_done(run_dir: Path, step: str) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -12,13 +13,16 @@ import torch
 
 from robustlab import distributed
 from robustlab.data import DataSpec, load_splits
-from robustlab.io import write_json
+from robustlab.errors import UserError, first_difference
+from robustlab.io import read_json, remove_stale_temporaries, write_json
 from robustlab.models import ModelSpec, create_model, save_checkpoint
 from robustlab.training.config import TrainConfig
-from robustlab.training.loop import Objective, clear_state, fit
+from robustlab.training.loop import STATE_FILE, Objective, clear_state, fit
 from robustlab.training.modes import eval_mode
 
 log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "train_settings.json"  # what an unfinished run was started with
 
 
 def complete_specs(data: DataSpec, model: ModelSpec) -> tuple[DataSpec, ModelSpec]:
@@ -43,11 +47,20 @@ def train_run(
 
     ``model_spec.num_classes``, ``in_chans`` and ``input_size`` are taken from the data.
     ``objective``/``defence``: a defence's training loss and its JSON-able settings, if any.
-    Started again after a crash, the run resumes from its last finished epoch.
+    Started again after a crash, the run resumes from its last finished epoch; started again
+    with other settings, it is refused (``UserError`` naming the first difference).
     Under torchrun every rank trains (DDP) and only rank 0 writes ``RUN_DIR``.
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
+    if distributed.is_main():
+        settings = {
+            "data": dataclasses.asdict(data),
+            "model": dataclasses.asdict(model_spec),
+            "train": config.to_dict(),
+            "defence": defence,
+        }
+        check_resume_settings(run_dir, settings)
     splits = load_splits(data, data_dir)
     channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
     model_spec = dataclasses.replace(
@@ -86,6 +99,7 @@ def train_run(
             },
         )
         clear_state(run_dir)
+        (run_dir / SETTINGS_FILE).unlink(missing_ok=True)
     distributed.barrier()  # the run directory is complete before any rank moves on
     log.info(
         "%s: test accuracy %.4f (val %.4f) after %d epochs, %.0fs -> %s",
@@ -97,6 +111,28 @@ def train_run(
         run_dir,
     )
     return metrics
+
+
+def check_resume_settings(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume ``run_dir``'s unfinished training under other settings; else record them.
+
+    A resumed run must continue the same computation: other data, model, optimiser, learning
+    rate or epochs would load mismatched weights or silently mix two trainings in one history.
+    Temporary files of writes a kill interrupted are removed here (the caller owns the folder).
+    """
+    remove_stale_temporaries(run_dir)
+    recorded = run_dir / SETTINGS_FILE
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back (tuples -> lists)
+    if (run_dir / STATE_FILE).exists():
+        previous = read_json(recorded, "settings of the unfinished run") if recorded.exists() else None
+        if previous != settings:
+            change = first_difference(previous, settings) if previous else "settings unknown"
+            raise UserError(
+                f"{run_dir} holds an unfinished training with other settings ({change}); "
+                "run the same command to resume it, or pass --overwrite to start over"
+            )
+        return
+    write_json(recorded, settings)
 
 
 @torch.no_grad()
