@@ -11,6 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# A loaded CI machine must not fail a property test for being slow: no per-example deadline,
+# no "too slow" health check (the inputs, not the speed, are under test).
+settings.register_profile("robustlab", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("robustlab")
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("ROBUSTLAB_DATA_DIR", str(REPO.parent / "shared" / "data"))

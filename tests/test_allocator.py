@@ -24,7 +24,7 @@ def run(env: dict[str, str]) -> str:
         capture_output=True,
         text=True,
         check=True,
-        timeout=60,
+        timeout=600,  # a hang guard only: a loaded machine may start Python slowly
     )
     return done.stdout.strip()
 

@@ -44,7 +44,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def run_cli(
-    args: Sequence[str], cwd: Path, *, timeout: float = 300, **env: str
+    args: Sequence[str], cwd: Path, *, timeout: float = 1200, **env: str
 ) -> subprocess.CompletedProcess[str]:
     """``python -m robustlab ARGS`` in ``cwd``; returns the finished process (text output)."""
     return subprocess.run(

@@ -119,7 +119,7 @@ PART = st.text(alphabet="abcxyz-_.0123456789", min_size=1, max_size=8).filter(
 
 
 @settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(
     parts=st.lists(PART, min_size=0, max_size=4),
@@ -169,7 +169,7 @@ def umask(mask: int) -> Iterator[None]:
 
 
 @settings(
-    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 )
 @given(mask=st.integers(min_value=0, max_value=0o777))
 def test_written_files_get_the_permissions_of_the_umask(tmp_path, mask):

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -211,26 +212,19 @@ def test_clean_evaluation_locks_the_run(untrained_run, tmp_path, capsys):
     assert_one_line_error(code, err, "in use")
 
 
+def small_attack(run: Path, out: Path, *extra: str) -> list:
+    return ["attack", run, "--attack", "fgsm", "--limit", "16", "--out", out, *extra]
+
+
 def test_attack_results_need_overwrite(untrained_run, tmp_path, capsys):
     out = tmp_path / "out"
-    args = [
-        "attack",
-        untrained_run,
-        "--attack",
-        "fgsm",
-        "--eps",
-        "0.1",
-        "--limit",
-        "16",
-        "--out",
-        out,
-    ]
-    assert call_cli(args, capsys)[0] == 0
+    assert call_cli(small_attack(untrained_run, out, "--eps", "0.1"), capsys)[0] == 0
     before = snapshot(out)
-    code, _, err = call_cli([*args[:-2], "--eps", "0.2", "--out", out], capsys)
+    code, _, err = call_cli(small_attack(untrained_run, out, "--eps", "0.2"), capsys)
     assert_one_line_error(code, err, "already holds attack results", "--overwrite")
     assert snapshot(out) == before
-    code, _, err = call_cli([*args[:-2], "--eps", "0.2", "--out", out, "--overwrite"], capsys)
+    again = small_attack(untrained_run, out, "--eps", "0.2", "--overwrite")
+    code, _, err = call_cli(again, capsys)
     assert code == 0, err
     assert read_json(out / "attack.json")["epsilons"] == [0.2]
     no_leftovers(tmp_path)
@@ -238,21 +232,10 @@ def test_attack_results_need_overwrite(untrained_run, tmp_path, capsys):
 
 def test_attack_overwrite_without_adversarials_drops_the_old_ones(untrained_run, tmp_path, capsys):
     out = tmp_path / "out"
-    args = [
-        "attack",
-        untrained_run,
-        "--attack",
-        "fgsm",
-        "--eps",
-        "0.1",
-        "--limit",
-        "16",
-        "--out",
-        out,
-    ]
-    assert call_cli(args, capsys)[0] == 0
+    assert call_cli(small_attack(untrained_run, out, "--eps", "0.1"), capsys)[0] == 0
     assert (out / "adversarials.safetensors").exists()
-    assert call_cli([*args, "--overwrite", "--no-adversarials"], capsys)[0] == 0
+    again = small_attack(untrained_run, out, "--eps", "0.1", "--overwrite", "--no-adversarials")
+    assert call_cli(again, capsys)[0] == 0
     assert not (out / "adversarials.safetensors").exists()  # never paired with other results
     assert read_json(out / "attack.json")["adversarials_file"] is None
 
@@ -283,3 +266,29 @@ def test_a_kill_leaves_a_lock_file_that_does_not_block(tmp_path):
     lock = OutputLock(tmp_path, "--out").acquire()
     lock.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resumed_study_removes_stale_temporaries(tmp_path):
+    from robustlab.studies.runner import prepare_run_dir
+
+    config = {"study": "x", "seed": 0}
+    prepare_run_dir(tmp_path, config)
+    step = tmp_path / "train-a"
+    step.mkdir()
+    stale = [tmp_path / ".results.json.ab12.tmp", step / ".train_state.pt.cd34.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    prepare_run_dir(tmp_path, config)  # the resume
+    assert not any(path.exists() for path in stale)
+    assert (tmp_path / "config.json").exists()
+
+
+@pytest.mark.parametrize("command", [["models"], ["data", "list"]])
+def test_every_command_makes_openmp_wait_passively(monkeypatch, capsys, command):
+    monkeypatch.setenv("OMP_WAIT_POLICY", "unset-by-test")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert call_cli(command, capsys)[0] == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is kept
+    assert call_cli(command, capsys)[0] == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

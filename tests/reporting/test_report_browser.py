@@ -35,7 +35,7 @@ def test_report_renders_in_headless_chromium(results_dir: Path, tmp_path: Path) 
     common = [chromium, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     subprocess.run(
         [*common, f"--screenshot={shot}", "--window-size=1280,2000", url],
-        check=True, capture_output=True, timeout=90,
+        check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     with Image.open(shot) as image:
         pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
@@ -45,7 +45,7 @@ def test_report_renders_in_headless_chromium(results_dir: Path, tmp_path: Path) 
     assert (pixels[:40].mean(axis=(0, 1)) < 100).all()
 
     dom = subprocess.run(
-        [*common, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=90
+        [*common, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=600
     ).stdout
     for anchor in ("flags", "clean-accuracy", "robustness-fgsm", "transfer"):
         assert f'id="{anchor}"' in dom

@@ -166,7 +166,9 @@ def run(args: argparse.Namespace) -> int:
     from robustlab import distributed
 
     job = build_job(args)
-    lock = claim_results_folder(args.out, args.overwrite) if distributed.is_main() else None
+    # a missing or broken run is reported by load_run, without making --out first
+    claim = distributed.is_main() and (args.run_dir / "model.safetensors").is_file()
+    lock = claim_results_folder(args.out, args.overwrite) if claim else None
     try:
         return _attack(args, job)
     finally:
