@@ -205,3 +205,19 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
         path.write_text("x")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+def test_read_only_file_system_is_named(tmp_path, monkeypatch):
+    """A read-only mount cannot be made here (no mount as a test); its errno is simulated."""
+    import errno
+    import tempfile
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(UserError, match="is not writable: read-only file system"):
+        check_writable(tmp_path / "out")
+    with pytest.raises(UserError, match=r"could not write .*Read-only file system"):
+        write_text(tmp_path / "out.json", "x")
+    assert list(tmp_path.iterdir()) == []
