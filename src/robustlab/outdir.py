@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from robustlab.errors import UserError
@@ -39,16 +39,24 @@ def check_writable(folder: str | os.PathLike[str], flag: str = "--out") -> Path:
     read-only mounts and ``/proc``).
     """
     folder = Path(folder)
-    existing = folder
-    while not existing.exists():
-        if existing.is_symlink():  # a dangling link cannot be made into a folder
-            raise UserError(f"{flag} {folder}: {existing} is a broken symbolic link")
-        existing = existing.parent
+    try:
+        existing = _nearest_existing(folder, flag)
+    except OSError as error:  # e.g. a name longer than the file system allows
+        raise UserError(f"{flag} {folder} cannot be made: {_reason(error)}") from None
     if not existing.is_dir():
         what = "exists" if existing == folder else f"cannot be made: {existing} exists"
         raise UserError(f"{flag} {folder} {what} and is not a folder")
     _probe(existing, folder, flag)
     return folder
+
+
+def _nearest_existing(folder: Path, flag: str) -> Path:
+    existing = folder
+    while not existing.exists():
+        if existing.is_symlink():  # a dangling link cannot be made into a folder
+            raise UserError(f"{flag} {folder}: {existing} is a broken symbolic link")
+        existing = existing.parent
+    return existing
 
 
 def _probe(existing: Path, folder: Path, flag: str) -> None:
@@ -69,21 +77,32 @@ def _reason(error: OSError) -> str:
     return error.strerror or str(error)
 
 
-def make_folder(folder: Path, flag: str) -> None:
-    """``mkdir -p folder`` with the failure as one line naming ``flag``."""
+def make_folder(folder: Path, flag: str) -> list[Path]:
+    """``mkdir -p folder`` with the failure as one line naming ``flag``; the folders it made."""
     check_writable(folder, flag)
+    made = [path for path in (folder, *folder.parents) if not path.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
+        _remove_empty(made)
         raise UserError(f"{flag} {folder} cannot be made: {_reason(error)}") from None
+    return made
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove ``folders`` (deepest first) where they are empty: what a failed output made."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # not empty: something was written, keep it
+            folder.rmdir()
 
 
 class OutputLock:
     """An exclusive ``flock`` on ``folder/.robustlab.lock``, held until ``release``."""
 
-    def __init__(self, folder: Path, flag: str) -> None:
+    def __init__(self, folder: Path, flag: str, made: Sequence[Path] = ()) -> None:
         self.folder = folder
         self.flag = flag
+        self.made = list(made)  # folders made for this output: removed if it fails while empty
         self.fd: int | None = None
 
     def acquire(self) -> OutputLock:
@@ -115,11 +134,12 @@ class OutputLock:
             f"{self.flag} {self.folder} keeps changing; is another process replacing it?"
         )
 
-    def release(self) -> None:
+    def release(self, failed: bool = False) -> None:
         """Remove the lock file (while still holding it) and drop the lock.
 
         A process that opened the file just before is not fooled: after its ``flock`` it finds
         the path gone or pointing at another file, and starts again (``acquire``).
+        failed: the command failed; folders made for it that are still empty are removed.
         """
         if self.fd is None:
             return
@@ -129,6 +149,18 @@ class OutputLock:
                 path.unlink()
         os.close(self.fd)  # closing the descriptor drops the flock
         self.fd = None
+        if failed:
+            _remove_empty(self.made)
+
+
+def claim(folder: Path, flag: str = "--out") -> OutputLock:
+    """Make ``folder`` (probed first) and lock it; ``release(failed=...)`` when done."""
+    made = make_folder(folder, flag)
+    try:
+        return OutputLock(folder, flag, made).acquire()
+    except UserError:
+        _remove_empty(made)
+        raise
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -142,13 +174,13 @@ def _same_file(fd: int, path: Path) -> bool:
 @contextlib.contextmanager
 def claim_output(folder: str | os.PathLike[str], flag: str = "--out") -> Iterator[Path]:
     """Make ``folder`` and hold its lock for the ``with`` block (see the module docstring)."""
-    folder = Path(folder)
-    make_folder(folder, flag)
-    lock = OutputLock(folder, flag).acquire()
+    lock = claim(Path(folder), flag)
     try:
-        yield folder
-    finally:
-        lock.release()
+        yield lock.folder
+    except BaseException:
+        lock.release(failed=True)
+        raise
+    lock.release()
 
 
 def is_empty_output(folder: Path) -> bool:

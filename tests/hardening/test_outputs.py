@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from robustlab.errors import UserError
 from robustlab.io import atomic_path, remove_stale_temporaries, write_text
-from robustlab.outdir import check_writable
+from robustlab.outdir import check_writable, claim
 
 NO_DATA = ("--data", "/nonexistent/robustlab-data")  # loading it would fail: proves order
 
@@ -135,6 +135,19 @@ def test_any_folder_below_an_unwritable_place_is_refused(tmp_path, parts, base):
         check_writable(out)
     assert str(out) in str(error.value) and "\n" not in str(error.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # nothing made
+
+
+@pytest.mark.parametrize("name", ["a" * 300, "ok/" + "b" * 300 + "/c"])
+def test_too_long_a_name_is_one_line_and_makes_nothing(tmp_path, name):
+    with pytest.raises(UserError, match="cannot be made: File name too long"):
+        claim(tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_broken_symbolic_link_is_named(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(UserError, match="broken symbolic link"):
+        check_writable(tmp_path / "link" / "out")
 
 
 @pytest.mark.parametrize("where", ["below a file", "/proc", "/dev/null/x"])

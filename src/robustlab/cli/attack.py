@@ -170,20 +170,23 @@ def run(args: argparse.Namespace) -> int:
     claim = distributed.is_main() and (args.run_dir / "model.safetensors").is_file()
     lock = claim_results_folder(args.out, args.overwrite) if claim else None
     try:
-        return _attack(args, job)
-    finally:
+        code = _attack(args, job)
+    except BaseException:
         if lock is not None:
-            lock.release()
+            lock.release(failed=True)
+        raise
+    if lock is not None:
+        lock.release()
+    return code
 
 
 def claim_results_folder(out: Path, overwrite: bool) -> Any:
     """Make and lock ``out`` before any work; finished results are replaced only on request."""
-    from robustlab.outdir import OutputLock, make_folder
+    from robustlab.outdir import claim
 
-    make_folder(out, "--out")
-    lock = OutputLock(out, "--out").acquire()
+    lock = claim(out)
     if (out / "attack.json").exists() and not overwrite:
-        lock.release()
+        lock.release(failed=True)
         raise UserError(f"{out} already holds attack results; pass --overwrite to replace them")
     return lock
 

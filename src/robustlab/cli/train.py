@@ -15,7 +15,7 @@ from robustlab.cli.common import (
     show_progress,
 )
 from robustlab.errors import UserError
-from robustlab.outdir import OutputLock, Replacement, make_folder
+from robustlab.outdir import OutputLock, Replacement, claim
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -104,14 +104,20 @@ def run(args: argparse.Namespace) -> int:
         )
         if replacement is not None:
             replacement.commit()  # the old run is replaced only by a finished one
-    finally:
-        if replacement is not None:
-            replacement.abandon()
-        if lock is not None:
-            lock.release()
+    except BaseException:
+        _let_go(lock, replacement, failed=True)
+        raise
+    _let_go(lock, replacement, failed=False)
     if distributed.is_main():
         print(json.dumps({"run_dir": str(out), **metrics}, indent=1))
     return 0
+
+
+def _let_go(lock: OutputLock | None, replacement: Replacement | None, failed: bool) -> None:
+    if replacement is not None:
+        replacement.abandon()
+    if lock is not None:
+        lock.release(failed=failed)
 
 
 def _prepare_run_dir(out: Path, overwrite: bool) -> tuple[OutputLock, Replacement | None]:
@@ -123,14 +129,13 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> tuple[OutputLock, Replacemen
     from robustlab.training.loop import STATE_FILE
 
     Replacement(out).recover()
-    make_folder(out, "--out")
-    lock = OutputLock(out, "--out").acquire()
+    lock = claim(out)
     holds_run = any((out / name).exists() for name in ("model.safetensors", STATE_FILE))
     # the state is removed last: while it is there the run is unfinished (a kill may have cut
     # it between its final files), and the same command completes it
     finished = (out / "model.safetensors").exists() and not (out / STATE_FILE).exists()
     if finished and not overwrite:
-        lock.release()
+        lock.release(failed=True)
         raise UserError(f"{out} already holds a trained model; pass --overwrite to replace it")
     if not (overwrite and holds_run):
         return lock, None
@@ -138,6 +143,6 @@ def _prepare_run_dir(out: Path, overwrite: bool) -> tuple[OutputLock, Replacemen
     try:
         replacement.start()
     except BaseException:
-        lock.release()
+        lock.release(failed=True)
         raise
     return lock, replacement
