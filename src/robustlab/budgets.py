@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from robustlab.errors import UserError
 
@@ -23,11 +23,11 @@ ENV_PREFIX = "ROBUSTLAB_MAX_"
 class Budgets:
     """Upper limits; ``max_x`` is overridden by ``$ROBUSTLAB_MAX_X``."""
 
-    npz_member_bytes: int = 2 << 30  # one decompressed .npz/.npy array (the leaf images: 110 MB)
+    array_bytes: int = 2 << 30  # one .npy / decompressed .npz array (the leaf images: 110 MB)
     classes: int = 10_000  # classes implied by labels or asked of a model
     eps_values: int = 1_000  # epsilons in one sweep
     yaml_nodes: int = 100_000  # values of a study file after aliases are expanded
-    json_depth: int = 64  # nesting of a JSON file robustlab reads
+    nesting_depth: int = 64  # nesting of a JSON or YAML file robustlab reads
     json_bytes: int = 256 << 20  # size of a JSON file robustlab reads
     image_side: int = 4_096  # input_size, resize_to, image_size
     in_chans: int = 16  # a model's input channels
@@ -35,17 +35,20 @@ class Budgets:
     activation_bytes: int = 2 << 30  # float32 activations of one image through the model
     epochs: int = 100_000  # training epochs
     steps: int = 1_000_000  # iterations of one attack
+    nproc: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes of one run
 
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def _from_env(field: dataclasses.Field[int]) -> int:
-    name = env_name(field.name)
+def _from_env(setting: dataclasses.Field[int]) -> int:
+    name = env_name(setting.name)
     raw = os.environ.get(name)
     if raw is None or not raw.strip():
-        return int(field.default)  # type: ignore[arg-type]
+        if setting.default_factory is not dataclasses.MISSING:
+            return int(setting.default_factory())
+        return int(setting.default)  # type: ignore[arg-type]
     try:
         value = int(float(raw)) if "e" in raw.lower() else int(raw)
     except (ValueError, OverflowError):
@@ -58,7 +61,7 @@ def _from_env(field: dataclasses.Field[int]) -> int:
 def budgets() -> Budgets:
     """The budgets in force: defaults, overridden by ``ROBUSTLAB_MAX_*`` variables (read each call,
     so a test or a wrapper script can change them)."""
-    return Budgets(**{field.name: _from_env(field) for field in dataclasses.fields(Budgets)})
+    return Budgets(**{setting.name: _from_env(setting) for setting in dataclasses.fields(Budgets)})
 
 
 def check_budget(field: str, value: float, what: str, unit: str = "") -> None:
