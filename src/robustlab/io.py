@@ -75,7 +75,9 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+    # Names from file systems may hold undecodable bytes (surrogate escapes from os.fsdecode):
+    # they are written as visible \udcXX escapes, so every text file stays valid UTF-8.
+    return write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def _json_default(value: Any) -> Any:

@@ -17,6 +17,7 @@ from robustlab.io import atomic_path, read_json, write_json
 from robustlab.models.classifier import ImageClassifier, ModelSpec
 from robustlab.models.factory import create_model
 from robustlab.models.pretrained import read_safetensors
+from robustlab.schemas import RunConfigFile, validate_record
 
 FORMAT = "robustlab-run"
 FORMAT_VERSION = 1
@@ -79,7 +80,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         )
     if "model" not in config:
         raise UserError(f"{run_dir / CONFIG_FILE} has no 'model' entry")
-    return config
+    return validate_record(config, RunConfigFile, str(run_dir / CONFIG_FILE))
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
