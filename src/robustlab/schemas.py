@@ -29,7 +29,8 @@ Settings = dict[str, Any]
 
 
 class Schema(BaseModel):
-    """A record as its writer makes it: unknown keys are errors."""
+    """A record as its writer makes it: unknown keys are errors; keys the readers do not need
+    may be missing (hand-made and older files)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,8 +66,8 @@ class MetricsFile(Versioned):
     format: Literal["robustlab-metrics"]
     run_dir: Text
     model: Settings
-    data: Settings | None
-    classes: list[Text]
+    data: Settings | None = None
+    classes: list[Text] = Field(default_factory=list)
     splits: dict[Literal["train", "val", "test"], SplitMetrics]
     settings: Settings
 
@@ -109,8 +110,8 @@ class TransferFile(Versioned):
 
 class ExampleFigure(Schema):
     path: Text
-    index: Count
-    eps: Eps
+    index: Count | None = None
+    eps: Eps | None = None
     caption: Text = ""
 
     @field_validator("path")
