@@ -12,6 +12,7 @@ bytes actually present.
 from __future__ import annotations
 
 import functools
+import logging
 import lzma
 import os
 import struct
@@ -27,6 +28,8 @@ import numpy as np
 
 from robustlab.budgets import check_budget
 from robustlab.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # What a broken .npy / .npz / zip can raise while being parsed (BadZipFile is a ValueError
 # subclass in recent Pythons but not in all; NotImplementedError: unknown zip compression;
@@ -327,4 +330,11 @@ def make_raw(
         classes = check_name_list(list(names), int(labels.max(initial=0)), what)
     else:
         classes = check_class_names(names, labels, what)
+    if len(np.unique(labels)) < 2:
+        log.warning(
+            "%s: every image has the same class (%s): accuracy is trivially 1 and no attack "
+            "can succeed, so results on it cannot mean much",
+            what,
+            classes[int(labels[0])],
+        )
     return RawData(images=images, labels=labels, classes=classes, source=what, skipped=skipped)
