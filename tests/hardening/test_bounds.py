@@ -169,7 +169,7 @@ def test_model_sizes_are_bounded_before_allocation(spec: dict, needle: str) -> N
 
 def test_model_activations_and_parameters_are_estimated_on_the_meta_device(monkeypatch) -> None:
     with pytest.raises(
-        UserError, match=r"activations of one image.*ROBUSTLAB_MAX_ACTIVATION_BYTES"
+        UserError, match=r"activation size of one image.*ROBUSTLAB_MAX_ACTIVATION_BYTES"
     ):
         create_model(ModelSpec("simple-cnn", 2, input_size=4096))
     monkeypatch.setenv("ROBUSTLAB_MAX_MODEL_PARAMS", "1000")

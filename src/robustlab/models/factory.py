@@ -173,7 +173,9 @@ def check_model_cost(spec: ModelSpec) -> None:
                 f"{what} cannot take {side}x{side} images with {spec.in_chans} channel(s) "
                 f"(resized to {spec.resize_to or side}): {reason}"
             ) from None
-    check_budget("activation_bytes", 4 * activations, f"{what}: activations of one image", " bytes")
+    check_budget(
+        "activation_bytes", 4 * activations, f"{what}: the activation size of one image", " bytes"
+    )
 
 
 def load_imagenet_classifier(input_size: int = 224, resize_to: int | None = 224) -> ImageClassifier:

@@ -256,7 +256,9 @@ def check_expanded_size(values: Any, source: str) -> None:
             measured = [measure(item, depth + 1) for item in items]
             active.discard(key)
             size = 1 + sum(count for count, _ in measured)
-            check_budget("yaml_nodes", size, f"{source}: the values after YAML aliases expand")
+            check_budget(
+                "yaml_nodes", size, f"{source}: the number of values once YAML aliases expand"
+            )
             sizes[key] = size, 1 + max((height for _, height in measured), default=0)
         if depth + sizes[key][1] > limits.nesting_depth:
             raise too_deep(source)
