@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustlab.budgets import check_budget
 from robustlab.errors import UserError
 from robustlab.io import remove_stale_temporaries, write_bytes, write_text
 
@@ -349,6 +350,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
 
     if nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {nproc}")
+    # Beyond one process per core they only contend, each holding a model and its data.
+    check_budget("nproc", nproc, f"--nproc (this machine has {os.cpu_count()} CPU cores)")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # also silences torchrun's banner about it
     # torchrun's agent logs every rendezvous step and its failure report: we report failures.
     logging.getLogger("torch.distributed").setLevel(logging.CRITICAL)

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from robustlab.budgets import budgets, check_budget, env_name
 from robustlab.errors import UserError
 
 
@@ -117,7 +118,9 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:
-    return write_bytes(path, text.encode("utf-8"))
+    # Names from file systems may hold undecodable bytes (surrogate escapes from os.fsdecode):
+    # they are written as visible \udcXX escapes, so every text file stays valid UTF-8.
+    return write_bytes(path, text.encode("utf-8", "backslashreplace"))
 
 
 def _json_default(value: Any) -> Any:
@@ -146,11 +149,43 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
 
 
 def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
-    """Read JSON, turning a missing or corrupt file into one clear ``UserError``."""
+    """Read JSON, turning a missing, corrupt, huge or too deeply nested file into one
+    ``UserError``."""
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        check_budget("json_bytes", path.stat().st_size, f"{what} {path}", " bytes")
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:  # nested beyond what the parser can take
+        raise too_deep(f"{what} {path}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # ValueError: a 5,000-digit int
         raise UserError(f"{what} {path} is unreadable or corrupt: {error}") from None
+    check_depth(data, f"{what} {path}")
+    return data
+
+
+def too_deep(what: str) -> UserError:
+    limit = budgets().nesting_depth
+    return UserError(
+        f"{what} is nested more than {limit} levels deep "
+        f"(set {env_name('nesting_depth')} to raise the limit)"
+    )
+
+
+def check_depth(value: Any, what: str) -> None:
+    """Refuse containers nested deeper than the ``nesting_depth`` budget (iteratively: a deep
+    value must not overflow the stack here either)."""
+    limit = budgets().nesting_depth
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list | tuple):
+            children = list(item)
+        else:
+            continue
+        if depth >= limit:
+            raise too_deep(what)
+        stack.extend((child, depth + 1) for child in children)

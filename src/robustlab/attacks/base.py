@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.budgets import check_budget
 from robustlab.errors import UserError, check_range
 
 logger = logging.getLogger(__name__)
@@ -103,6 +104,13 @@ def check_int(field: str, value: Any, low: int | None = None) -> int:
         raise UserError(f"{field} must be an integer, got {value!r}")
     if low is not None and value < low:
         raise UserError(f"{field} must be >= {low}, got {value}")
+    return value
+
+
+def check_steps(field: str, value: Any) -> int:
+    """An iteration count: an integer >= 1 within the ``steps`` budget."""
+    check_int(field, value, 1)
+    check_budget("steps", value, field)
     return value
 
 

@@ -17,7 +17,7 @@ from robustlab.attacks.base import (
     MinimumNormAttack,
     ModelView,
     check_bool,
-    check_int,
+    check_steps,
     is_success,
     label_loss,
 )
@@ -62,8 +62,8 @@ class CarliniWagnerL2(MinimumNormAttack):
 
     def _validate(self) -> None:
         super()._validate()
-        check_int(self._field("steps"), self.steps, 1)
-        check_int(self._field("binary_search_steps"), self.binary_search_steps, 1)
+        check_steps(self._field("steps"), self.steps)
+        check_steps(self._field("binary_search_steps"), self.binary_search_steps)
         check_range(self._field("initial_const"), self.initial_const, 0.0, low_inclusive=False)
         check_range(self._field("lr"), self.lr, 0.0, low_inclusive=False)
         check_range(self._field("kappa"), self.kappa, 0.0)

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from robustlab.budgets import check_budget
 from robustlab.errors import UserError, check_range
 
 
@@ -55,11 +56,14 @@ def parse_eps_list(text: str, *, field: str = "eps", high: float = 1.0) -> list[
             raise UserError(f"{field} range count must be an integer, got {parts[2]!r}") from None
         if count < 1:
             raise UserError(f"{field} range count must be >= 1, got {count}")
+        check_budget("eps_values", count, f"{field}: the number of epsilons")
         if stop < start:
             raise UserError(f"{field} range must have start <= stop, got {raw!r}")
         values = torch.linspace(start, stop, count, dtype=torch.float64).tolist()
     else:
-        values = [parse_eps(part, field=field, high=high) for part in raw.split(",")]
+        parts = raw.split(",")
+        check_budget("eps_values", len(parts), f"{field}: the number of epsilons")
+        values = [parse_eps(part, field=field, high=high) for part in parts]
     if len(set(values)) != len(values):
         raise UserError(f"{field} lists a value twice: {raw!r}")
     return values

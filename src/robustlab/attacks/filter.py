@@ -36,7 +36,7 @@ from robustlab.attacks.base import (
     attack_mode,
     check_bool,
     check_choice,
-    check_int,
+    check_steps,
     flat_norm,
 )
 from robustlab.errors import UserError, check_range
@@ -97,7 +97,7 @@ class FilterAttack(Attack):
 
     def _validate(self) -> None:
         super()._validate()
-        check_int(self._field("iterations"), self.iterations, 1)
+        check_steps(self._field("iterations"), self.iterations)
         check_range(self._field("lr"), self.lr, 0.0, low_inclusive=False)
         check_range(self._field("beta"), self.beta, 0.0)
         check_choice(self._field("penalty"), self.penalty, PENALTIES)

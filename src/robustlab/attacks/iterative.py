@@ -21,6 +21,7 @@ from robustlab.attacks.base import (
     SweepRunner,
     check_bool,
     check_int,
+    check_steps,
     chunks,
     flat_norm,
     input_gradient,
@@ -79,7 +80,7 @@ class IterativeAttack(Attack):
 
     def _validate(self) -> None:
         super()._validate()
-        check_int(self._field("steps"), self.steps, 1)
+        check_steps(self._field("steps"), self.steps)
 
     def _alpha(self, eps: Tensor) -> Tensor:
         return eps / self.steps

@@ -18,6 +18,7 @@ from robustlab.attacks.base import (
     ModelView,
     check_choice,
     check_int,
+    check_steps,
     flat_norm,
     is_success,
 )
@@ -57,7 +58,7 @@ class MinimalEps(MinimumNormAttack):
     def _validate(self) -> None:
         super()._validate()
         check_choice(self._field("base"), self.base, tuple(BASES))
-        check_int(self._field("steps"), self.steps, 1)
+        check_steps(self._field("steps"), self.steps)
         check_int(self._field("search_steps"), self.search_steps, 0)
 
     def base_attack(self) -> Attack:

@@ -257,13 +257,16 @@ def run_clean(args: argparse.Namespace) -> int:
     from robustlab.evaluation import clean_metrics
     from robustlab.io import read_json, write_json
     from robustlab.reporting.results import METRICS_FILE, METRICS_FORMAT
+    from robustlab.schemas import MetricsFile, validate_record
 
     run = load_run(args.run_dir, args.device)
     splits = load_split(run, args.split, args.data_dir)
     names = SPLITS if args.split == "all" else (args.split,)
     path = run.path / METRICS_FILE
     previous = read_json(path, "metrics file") if path.is_file() else {}
-    results = dict(previous.get("splits", {})) if previous.get("format") == METRICS_FORMAT else {}
+    results = {}
+    if isinstance(previous, dict) and previous.get("format") == METRICS_FORMAT:
+        results = dict(validate_record(previous, MetricsFile, str(path))["splits"])
     for name in names:
         results[name] = clean_metrics(run.model, getattr(splits, name), args.batch_size)
         print(f"{name}: accuracy {results[name]['accuracy']:.4f} ({results[name]['n']} images)")

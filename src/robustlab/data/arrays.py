@@ -12,6 +12,7 @@ bytes actually present.
 from __future__ import annotations
 
 import functools
+import logging
 import lzma
 import os
 import struct
@@ -25,7 +26,10 @@ from typing import IO
 
 import numpy as np
 
+from robustlab.budgets import check_budget
 from robustlab.errors import UserError
+
+log = logging.getLogger(__name__)
 
 # What a broken .npy / .npz / zip can raise while being parsed (BadZipFile is a ValueError
 # subclass in recent Pythons but not in all; NotImplementedError: unknown zip compression;
@@ -49,9 +53,6 @@ READ_ERRORS = (
     zlib.error,
     lzma.LZMAError,
 )
-
-
-MAX_CLASSES = 100_000  # labels are class indices; a larger one is a corrupt file, not a class
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,6 +103,8 @@ def read_npy_stream(handle: IO[bytes], available: int, what: str) -> np.ndarray:
     for dim in shape:
         count *= int(dim)
     nbytes = count * dtype.itemsize
+    # Before a byte is read or decompressed: an npz of zeros inflates 1000-fold.
+    check_budget("array_bytes", nbytes, f"{what}: its array data", " bytes")
     if nbytes > available:
         raise UserError(
             f"{what} is truncated or corrupt: its header promises {nbytes} bytes of data, "
@@ -272,10 +275,9 @@ def check_labels(labels: np.ndarray, n_images: int, what: str) -> np.ndarray:
         low, top = labels.min().item(), labels.max().item()  # Python numbers: no overflow
         if low < 0:
             raise UserError(f"{what}: labels must be >= 0, got {low:g}")
-        if top >= MAX_CLASSES:
-            raise UserError(
-                f"{what}: labels must be class indices below {MAX_CLASSES}, got a label of {top:g}"
-            )
+        # Labels are class indices: a label of 99999 implies 100,000 classes, a huge model
+        # and a K x K confusion matrix, so it is refused before anything is built.
+        check_budget("classes", top + 1, f"{what}: the number of classes its labels imply")
     labels = labels.astype(np.int64)
     labels.flags.writeable = False
     return labels
@@ -302,8 +304,7 @@ def check_class_names(names: np.ndarray | None, labels: np.ndarray, what: str) -
 def check_name_list(names: list[str], top_label: int, what: str) -> tuple[str, ...]:
     if not names or any(not name.strip() for name in names):
         raise UserError(f"{what}: class names must be non-empty strings")
-    if len(names) > MAX_CLASSES:
-        raise UserError(f"{what}: {len(names)} class names; at most {MAX_CLASSES} are supported")
+    check_budget("classes", len(names), f"{what}: the number of class names")
     repeated = [name for name, count in Counter(names).items() if count > 1]
     if repeated:
         raise UserError(f"{what}: class names must be unique, '{repeated[0]}' repeats")
@@ -329,4 +330,11 @@ def make_raw(
         classes = check_name_list(list(names), int(labels.max(initial=0)), what)
     else:
         classes = check_class_names(names, labels, what)
+    if len(np.unique(labels)) < 2:
+        log.warning(
+            "%s: every image has the same class (%s): accuracy is trivially 1 and no attack "
+            "can succeed, so results on it cannot mean much",
+            what,
+            classes[int(labels[0])],
+        )
     return RawData(images=images, labels=labels, classes=classes, source=what, skipped=skipped)

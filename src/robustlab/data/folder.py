@@ -13,8 +13,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
+from typing import IO
 
 import numpy as np
 from PIL import Image
@@ -30,12 +34,109 @@ MAX_PIXELS = (
 _GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
+FOLLOW_OUTSIDE_ENV = "ROBUSTLAB_FOLLOW_LINKS_OUTSIDE"
+
+
 def _visible(name: str) -> bool:
     return not name.startswith(".")
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+@dataclass
+class _Walk:
+    """What one scan has seen: followed folders and files by (device, inode), skipped links."""
+
+    root: str  # real path of the data set's root
+    claimed: list[str]  # real paths of the class folders: links into them are duplicates
+    follow_outside: bool
+    seen_dirs: set[tuple[int, int]] = field(default_factory=set)
+    seen_files: set[tuple[int, int]] = field(default_factory=set)
+    duplicates: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+
+    def link_target(self, path: str) -> str | None:
+        """The real target of a link when it may be followed, else None (and why is noted)."""
+        target = os.path.realpath(path)
+        if any(_inside(target, folder) for folder in self.claimed):
+            self.duplicates.append(path)  # reached by its real path, under its own class
+            return None
+        if not _inside(target, self.root) and not self.follow_outside:
+            self.outside.append(path)
+            return None
+        return target
+
+    def first_visit(self, seen: set[tuple[int, int]], path: str, info: os.stat_result) -> bool:
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            self.duplicates.append(path)
+            return False
+        seen.add(key)
+        return True
+
+    def files(self, folder: str) -> list[Path]:
+        """Every visible file below ``folder``, depth first in name order, each once."""
+        found: list[Path] = []
+        stack = [folder]
+        while stack:
+            current = stack.pop()
+            try:
+                entries = sorted(os.scandir(current), key=lambda entry: entry.name)
+            except OSError:  # an unreadable sub-folder holds nothing we can use
+                continue
+            subdirs = []
+            for entry in entries:
+                if not _visible(entry.name):
+                    continue
+                if entry.is_symlink():
+                    if not os.path.exists(entry.path):  # dangling or looping: counted unreadable
+                        found.append(Path(entry.path))
+                        continue
+                    if self.link_target(entry.path) is None:
+                        continue
+                try:
+                    info = entry.stat()  # follows a link; lstat-cheap for plain entries
+                except OSError:  # vanished meanwhile: the decoder counts it unreadable
+                    found.append(Path(entry.path))
+                    continue
+                if S_ISDIR(info.st_mode):
+                    if self.first_visit(self.seen_dirs, entry.path, info):
+                        subdirs.append(entry.path)
+                elif self.first_visit(self.seen_files, entry.path, info):
+                    found.append(Path(entry.path))  # FIFOs etc. too: the decoder skips them
+            stack.extend(reversed(subdirs))
+        return found
+
+
+def _class_folder(walk: _Walk, root: Path, name: str) -> str:
+    """The real path of class folder ``name``; a class that is a link must be a new folder."""
+    path = str(root / name)
+    if not os.path.islink(path):
+        return os.path.realpath(path)
+    target = os.path.realpath(path)
+    if any(_inside(target, folder) or _inside(folder, target) for folder in walk.claimed):
+        raise UserError(
+            f"{root}: class folder '{name}' is a link into another class folder ({target}); "
+            "each image must belong to one class"
+        )
+    if not _inside(target, walk.root) and not walk.follow_outside:
+        raise UserError(
+            f"{root}: class folder '{name}' is a link to {target}, outside the data set; set "
+            f"{FOLLOW_OUTSIDE_ENV}=1 to follow links outside it"
+        )
+    return target
+
+
 def scan_folder(root: Path) -> tuple[list[str], list[list[Path]], list[Path]]:
-    """Class names, the files of each class (sorted), and files lying loose in ROOT."""
+    """Class names, the files of each class (sorted), and files lying loose in ROOT.
+
+    Links never duplicate, re-label or loop: a link into a class folder is skipped (its target
+    is read under its own class), a link outside ROOT is followed only when
+    ``$ROBUSTLAB_FOLLOW_LINKS_OUTSIDE`` is set, and every folder and file is read once (by
+    device and inode).
+    """
     try:
         entries = sorted(os.scandir(root), key=lambda entry: entry.name)
     except OSError as error:
@@ -47,14 +148,41 @@ def scan_folder(root: Path) -> tuple[list[str], list[list[Path]], list[Path]]:
             f"{root} has no class sub-folders; an image folder must look like "
             f"{root}/<class name>/<image files>"
         )
-    files: list[list[Path]] = []
-    for name in classes:
-        found: list[Path] = []
-        for folder, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if _visible(d))
-            found.extend(Path(folder) / f for f in sorted(filenames) if _visible(f))
-        files.append(found)
+    follow = os.environ.get(FOLLOW_OUTSIDE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    walk = _Walk(os.path.realpath(root), [], follow)
+    walk.seen_dirs.add(_dir_key(walk.root))
+    # Plain class folders first, so that a class that is a link cannot claim one of them.
+    for name in sorted(classes, key=lambda name: os.path.islink(root / name)):
+        walk.claimed.append(_class_folder(walk, root, name))
+    walk.seen_dirs.update(_dir_key(folder) for folder in walk.claimed)
+    files = [walk.files(str(root / name)) for name in classes]
+    _report_skipped_links(root, walk)
     return classes, files, loose
+
+
+def _dir_key(path: str) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
+
+
+def _report_skipped_links(root: Path, walk: _Walk) -> None:
+    if walk.duplicates:
+        log.warning(
+            "%s: skipped %d link(s) or hard link(s) to images or folders already in the data "
+            "set (e.g. %s)",
+            root,
+            len(walk.duplicates),
+            walk.duplicates[0],
+        )
+    if walk.outside:
+        log.warning(
+            "%s: skipped %d link(s) pointing outside the data set (e.g. %s); set %s=1 to "
+            "follow them",
+            root,
+            len(walk.outside),
+            walk.outside[0],
+            FOLLOW_OUTSIDE_ENV,
+        )
 
 
 def _reason(error: BaseException) -> str:
@@ -62,11 +190,24 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0][:120]}" if lines else type(error).__name__
 
 
+def _open_regular(path: Path) -> IO[bytes]:
+    """Open a regular file for reading; a FIFO, socket or device raises without blocking."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO must not block
+    try:
+        mode = os.fstat(fd).st_mode
+        if not S_ISREG(mode):
+            raise ValueError(f"not a regular file (mode {stat.filemode(mode)})")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _decode(path: Path, size: int | None) -> np.ndarray:
     """(H, W) grey or (H, W, 3) RGB uint8; any decoding problem raises."""
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _open_regular(path) as handle:
         warnings.simplefilter("ignore")  # DecompressionBombWarning, palette/transparency notes
-        with Image.open(path) as image:
+        with Image.open(handle) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise ValueError(f"{width}x{height} pixels is larger than {MAX_PIXELS} pixels")
@@ -91,11 +232,11 @@ def read_folder(root: Path, image_size: int | None = None, on_corrupt: str = "sk
     for index, group in enumerate(files):
         for path in group:
             try:
-                stat = path.stat()
+                info = path.stat()
             except OSError:  # vanished or unreadable: the decoder reports it
                 stamps.append((index, str(path), 0, -1))
                 continue
-            stamps.append((index, str(path), stat.st_mtime_ns, stat.st_size))
+            stamps.append((index, str(path), info.st_mtime_ns, info.st_size))
     if loose:
         log.warning(
             "%s: ignored %d file(s) outside class folders (e.g. %s)",

@@ -16,7 +16,8 @@ from robustlab.errors import UserError
 from robustlab.io import atomic_path, read_json, write_json
 from robustlab.models.classifier import ImageClassifier, ModelSpec
 from robustlab.models.factory import create_model
-from robustlab.models.pretrained import read_safetensors
+from robustlab.models.pretrained import read_safetensors, warn_non_finite
+from robustlab.schemas import RunConfigFile, validate_record
 
 FORMAT = "robustlab-run"
 FORMAT_VERSION = 1
@@ -79,7 +80,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         )
     if "model" not in config:
         raise UserError(f"{run_dir / CONFIG_FILE} has no 'model' entry")
-    return config
+    return validate_record(config, RunConfigFile, str(run_dir / CONFIG_FILE))
 
 
 def load_checkpoint(run_dir: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
@@ -97,5 +98,6 @@ def load_checkpoint(run_dir: str | Path) -> tuple[ImageClassifier, dict[str, Any
             f"weights in {run_dir / WEIGHTS_FILE} do not match its model spec ({spec.arch}): "
             f"{len(missing)} missing, {len(unexpected)} unexpected, {len(wrong)} of the wrong shape"
         )
+    warn_non_finite(state, run_dir / WEIGHTS_FILE)
     model.load_state_dict(state, strict=True)
     return model.eval(), config

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.budgets import check_budget
 from robustlab.errors import UserError, check_range
 from robustlab.models.small_cnns import CnnBackbone
 
@@ -54,6 +55,8 @@ class ModelSpec:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UserError(f"model {name} must be a whole number >= 1, got {value!r}")
+            budget = {"num_classes": "classes", "in_chans": "in_chans"}.get(name, "image_side")
+            check_budget(budget, value, f"model {name}")
         if self.pretrained is not None and (
             not isinstance(self.pretrained, str) or not self.pretrained
         ):

@@ -3,12 +3,16 @@ normalisation; ``list_architectures()`` for ``robustlab models``."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
+from robustlab.budgets import check_budget
 from robustlab.errors import UserError, suggestion
 from robustlab.models.classifier import ClassifierHead, ImageClassifier, ModelSpec, Preprocess
 from robustlab.models.pretrained import (
@@ -125,6 +129,11 @@ def create_model(spec: ModelSpec) -> ImageClassifier:
                 "model name (see 'robustlab models')"
             )
     _check_pretrained(spec)
+    check_model_cost(spec)
+    return _build(spec)
+
+
+def _build(spec: ModelSpec) -> ImageClassifier:
     if spec.arch in BUILTINS:
         backbone, mean, std = _builtin_backbone(spec)
     else:
@@ -134,6 +143,39 @@ def create_model(spec: ModelSpec) -> ImageClassifier:
     head = ClassifierHead(num_features, spec.num_classes, spec.drop_rate)
     log.debug("created %s: %d features -> %d classes", spec.arch, num_features, spec.num_classes)
     return ImageClassifier(spec, preprocess, backbone, head, num_features)
+
+
+def check_model_cost(spec: ModelSpec) -> None:
+    """Build ``spec`` on the meta device (no memory, no random numbers drawn) and push one
+    zero image through it: refuses a model whose parameters or per-image activations exceed
+    their budgets, or that cannot take the images at all (a CNN too deep for 8 px), before
+    anything is allocated or the first training step runs."""
+    activations = 0
+
+    def count(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        nonlocal activations
+        activations += output.numel() if isinstance(output, torch.Tensor) else 0
+
+    side, what = spec.input_size, f"model {spec.arch}"
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        model = _build(dataclasses.replace(spec, pretrained=None))
+        check_budget(
+            "model_params", sum(p.numel() for p in model.parameters()), f"{what}: parameters"
+        )
+        for module in model.modules():
+            if next(module.children(), None) is None:  # leaves: each output counted once
+                module.register_forward_hook(count)
+        try:
+            model.eval()(torch.zeros(1, spec.in_chans, side, side))
+        except (RuntimeError, ValueError) as error:
+            reason = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+            raise UserError(
+                f"{what} cannot take {side}x{side} images with {spec.in_chans} channel(s) "
+                f"(resized to {spec.resize_to or side}): {reason}"
+            ) from None
+    check_budget(
+        "activation_bytes", 4 * activations, f"{what}: the activation size of one image", " bytes"
+    )
 
 
 def load_imagenet_classifier(input_size: int = 224, resize_to: int | None = 224) -> ImageClassifier:

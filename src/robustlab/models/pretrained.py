@@ -89,7 +89,9 @@ def load_foreign_weights(path: str | Path) -> dict[str, Tensor]:
         raise UserError(f"weights file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        return read_safetensors(path)
+        tensors = read_safetensors(path)
+        warn_non_finite(tensors, path)
+        return tensors
     if suffix not in TORCH_SUFFIXES:
         raise UserError(
             f"unsupported weights file {path}: use .safetensors or {', '.join(TORCH_SUFFIXES)}"
@@ -104,7 +106,23 @@ def load_foreign_weights(path: str | Path) -> dict[str, Tensor]:
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not tensors:
         raise UserError(f"weights file {path} holds no tensors")
+    warn_non_finite(tensors, path)
     return tensors
+
+
+def warn_non_finite(state: Mapping[str, Tensor], source: str | Path) -> int:
+    """Warn (and count) floating-point tensors holding NaN or infinite values: a model with
+    such weights predicts garbage, and every accuracy or attack result on it means nothing."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        log.warning(
+            "%s: %d weight tensor(s) hold NaN or infinite values (e.g. %s); results of this "
+            "model cannot mean much",
+            source,
+            len(bad),
+            bad[0],
+        )
+    return len(bad)
 
 
 def offline_weights_path() -> Path:

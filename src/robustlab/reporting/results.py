@@ -34,6 +34,19 @@ from robustlab.reporting.html import (
     settings_table,
 )
 from robustlab.reporting.plots import plot_confusion, plot_curves, plot_transfer_heatmap
+from robustlab.schemas import (
+    AdversarialsFile,
+    CurvesFile,
+    ExamplesFile,
+    MetricsFile,
+    RecordsSummaryFile,
+    RunConfigFile,
+    Schema,
+    TransferFile,
+    inside,
+    read_record,
+    validate_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +68,22 @@ ADVERSARIALS_FILE = "adversarials/adversarials.json"
 REPORT_FILE = "report.html"
 
 
+SCHEMAS: dict[str, type[Schema]] = {
+    RUN_FORMAT: RunConfigFile,
+    METRICS_FORMAT: MetricsFile,
+    CURVES_FORMAT: CurvesFile,
+    TRANSFER_FORMAT: TransferFile,
+    EXAMPLES_FORMAT: ExamplesFile,
+}
+
+
 def _read(path: Path, fmt: str) -> dict[str, Any] | None:
+    """A result file of format ``fmt``, validated field by field; None for other JSON."""
     data = read_json(path, what="result file")
     if not isinstance(data, dict) or data.get("format") != fmt:
         log.info("skipping %s: not a %s file", path, fmt)
         return None
-    return data
+    return validate_record(data, SCHEMAS[fmt], str(path))
 
 
 def _slug(text: str) -> str:
@@ -195,11 +218,11 @@ def curves_section(
     tables = _curves_tables(data)
     if (directory / RECORDS_SUMMARY_FILE).is_file():
         tables.append(
-            _records_table(read_json(directory / RECORDS_SUMMARY_FILE, "records summary"))
+            _records_table(read_record(directory / RECORDS_SUMMARY_FILE, RecordsSummaryFile))
         )
     if (directory / ADVERSARIALS_FILE).is_file():
         tables.append(
-            _adversarials_table(read_json(directory / ADVERSARIALS_FILE, "adversarials summary"))
+            _adversarials_table(read_record(directory / ADVERSARIALS_FILE, AdversarialsFile))
         )
     examples = (
         _read(directory / EXAMPLES_FILE, EXAMPLES_FORMAT)
@@ -207,9 +230,8 @@ def curves_section(
         else None
     )
     for example in (examples or {}).get("figures", []):
-        figures.append(
-            Figure(_relative(directory / example["path"], root), example.get("caption", ""))
-        )
+        figure_path = inside(directory / example["path"], root, str(directory / EXAMPLES_FILE))
+        figures.append(Figure(_relative(figure_path, root), example.get("caption", "")))
     tables.append(settings_table({"attack": data["attack"], **data.get("settings", {})}))
     attack = data["attack"].get("name", "attack")
     text = (
@@ -264,17 +286,22 @@ def build_report_spec(path: str | os.PathLike[str]) -> ReportSpec:
         used.add(name)
         return name
 
-    for file in sorted(root.rglob(METRICS_FILE)):
+    def found(name: str) -> list[Path]:
+        """Result files below root, none reached through a link that leaves it."""
+        top = root.resolve()
+        return [f for f in sorted(root.rglob(name)) if f.resolve().is_relative_to(top)]
+
+    for file in found(METRICS_FILE):
         if (data := _read(file, METRICS_FORMAT)) is not None:
             sections.append(metrics_section(data, file.parent, root, unique("clean-accuracy")))
-    for file in sorted(root.rglob(CURVES_FILE)):
+    for file in found(CURVES_FILE):
         if (data := _read(file, CURVES_FORMAT)) is not None:
             sections.append(
                 curves_section(
                     data, file.parent, root, unique(f"robustness-{data['attack'].get('name')}")
                 )
             )
-    for file in sorted(root.rglob(TRANSFER_FILE)):
+    for file in found(TRANSFER_FILE):
         if (data := _read(file, TRANSFER_FORMAT)) is not None:
             sections.append(transfer_section(data, file.parent, root, unique("transfer")))
     if not sections:

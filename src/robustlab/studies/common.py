@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustlab.io import read_json, write_json
+from robustlab.schemas import CurvesFile, TransferFile, read_record
 from robustlab.studies.config import CurvesConfig, DataConfig, ModelConfig, TransferConfig
 from robustlab.studies.runner import Step, StepContext
 
@@ -282,7 +283,7 @@ def curves_section(
     from robustlab.reporting.results import curves_section as build
 
     directory = run_dir / step
-    data = read_json(directory / CURVES_FILE, "curves result")
+    data = read_record(directory / CURVES_FILE, CurvesFile)
     section = build(data, directory, run_dir, section_id)
     if label:
         section.title = f"Robustness: {label} on {data['target']}"
@@ -297,7 +298,7 @@ def transfer_section(run_dir: Path, section_id: str, intro: str = "") -> Section
 
     directory = run_dir / "transfer-matrix"
     section = build(
-        read_json(directory / TRANSFER_FILE, "transfer result"), directory, run_dir, section_id
+        read_record(directory / TRANSFER_FILE, TransferFile), directory, run_dir, section_id
     )
     if intro:
         section.text = f"{intro}\n\n{section.text}"

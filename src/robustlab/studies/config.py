@@ -11,6 +11,7 @@ study; each study module defines its own top-level config class from them.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import types
 import typing
@@ -21,12 +22,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from robustlab.budgets import budgets, check_budget
 from robustlab.errors import UserError, suggestion
+from robustlab.io import too_deep
 
 if typing.TYPE_CHECKING:
     from robustlab.data import DataSpec
     from robustlab.models import ModelSpec
     from robustlab.training import TrainConfig
+
+log = logging.getLogger(__name__)
 
 Name = typing.Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=60)]
 
@@ -197,6 +202,71 @@ class StudyConfig(Strict):
 # Loading
 
 
+class _StudyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, noting duplicate keys (PyYAML keeps the last one silently)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[str, int]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                if key_node.value in seen:
+                    self.duplicates.append((key_node.value, key_node.start_mark.line + 1))
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """Parse YAML safely within the node and nesting budgets; warn about duplicate keys."""
+    loader = _StudyLoader(text)
+    try:
+        values = loader.get_single_data()
+    except RecursionError:
+        raise too_deep(source) from None
+    finally:
+        loader.dispose()
+    for key, line in loader.duplicates:
+        log.warning("%s: line %d repeats key '%s'; the last value is used", source, line, key)
+    check_expanded_size(values, source)
+    return values
+
+
+def check_expanded_size(values: Any, source: str) -> None:
+    """Refuse YAML whose aliases expand beyond the ``yaml_nodes`` budget (a billion-laughs
+    file is a few lines that copy into 10^9 values) or that nest too deeply or refer to
+    themselves; counted over shared values once each, so the check itself stays cheap."""
+    limits = budgets()
+    sizes: dict[int, tuple[int, int]] = {}  # id -> (expanded values, height)
+    active: set[int] = set()
+
+    def measure(value: Any, depth: int) -> tuple[int, int]:
+        if not isinstance(value, dict | list):
+            return 1, 0
+        key = id(value)
+        if key in active:
+            raise UserError(f"{source}: a YAML alias refers to itself (a recursive value)")
+        if key not in sizes:
+            if depth >= limits.nesting_depth:
+                raise too_deep(source)
+            active.add(key)
+            items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            measured = [measure(item, depth + 1) for item in items]
+            active.discard(key)
+            size = 1 + sum(count for count, _ in measured)
+            check_budget(
+                "yaml_nodes", size, f"{source}: the number of values once YAML aliases expand"
+            )
+            sizes[key] = size, 1 + max((height for _, height in measured), default=0)
+        if depth + sizes[key][1] > limits.nesting_depth:
+            raise too_deep(source)
+        return sizes[key]
+
+    measure(values, 0)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """A YAML (or JSON) mapping from ``path``; syntax errors name the file and line."""
     try:
@@ -206,7 +276,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read study file {path}: {error}") from None
     try:
-        values = yaml.safe_load(text)
+        values = load_yaml_text(text, path.name)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -317,7 +387,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(parts):
         raise UserError(f"--set needs KEY.SUB=VALUE (e.g. models.finetune.epochs=2), got '{text}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw, f"--set {key}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw  # a plain string that YAML cannot parse, e.g. 'a: b'
     return parts, _numbers(value)

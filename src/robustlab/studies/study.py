@@ -25,6 +25,7 @@ from robustlab.errors import UserError, unknown_name
 from robustlab.io import write_json
 from robustlab.studies.config import (
     AttackConfig,
+    CurvesConfig,
     DataConfig,
     DefenceConfig,
     ModelConfig,
@@ -145,12 +146,54 @@ def check_names(config: StudyConfig, source: str) -> None:
                 block.build()
         except UserError as error:
             raise UserError(f"{source}: {where}: {error}") from None
+    _check_models_take_the_data(config, source)
+    _warn_where_results_mean_little(config, source)
     checker = getattr(type(config), "check", None)
     if callable(checker):
         try:
             config.check()  # type: ignore[attr-defined]
         except UserError as error:
             raise UserError(f"{source}: {error}") from None
+
+
+def _check_models_take_the_data(config: StudyConfig, source: str) -> None:
+    """A dry forward of one image on the meta device per model, when the study fixes the image
+    size: a CNN too deep for 8 px images fails here, not after the first steps have run."""
+    from robustlab.models.factory import check_model_cost
+
+    data = getattr(config, "data", None)
+    if not isinstance(data, DataConfig) or data.image_size is None:
+        return  # the native size is known only once the data is read
+    online = bool(getattr(config, "online", False))
+    for loc, block in iter_blocks(config):
+        if isinstance(block, ModelConfig) and (online or not str(loc[0]).startswith("online")):
+            try:
+                spec = block.model_spec()
+                chans = data.channels or (len(spec.mean) if spec.mean else 3)
+                spec = dataclasses.replace(spec, in_chans=chans, input_size=data.image_size)
+                check_model_cost(spec)
+            except UserError as error:
+                raise UserError(f"{source}: {format_loc(loc)}: {error}") from None
+
+
+def _warn_where_results_mean_little(config: StudyConfig, source: str) -> None:
+    """A surrogate that is its own target makes the 'black-box' curve a white-box one."""
+    target = getattr(config, "target", None)
+    pairs = [("surrogate", getattr(config, "surrogate", None), target)]
+    pairs += [
+        (f"{format_loc(loc)}.surrogates", block.target or target, block.target or target)
+        for loc, block in iter_blocks(config)
+        if isinstance(block, CurvesConfig) and (block.target or target) in (block.surrogates or [])
+    ]
+    for where, surrogate, attacked in pairs:
+        if surrogate is not None and surrogate == attacked:
+            log.warning(
+                "%s: %s: '%s' is also the target, so its black-box curve is the white-box "
+                "attack again and measures no transfer",
+                source,
+                where,
+                surrogate,
+            )
 
 
 def _check_data(block: DataConfig) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from robustlab.budgets import check_budget
 from robustlab.errors import UserError, check_range, unknown_name
 
 Strategy = Literal["frozen", "finetune", "scratch"]
@@ -54,6 +55,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             _check_int(name, getattr(self, name), 1)
         _check_int("head_epochs", self.head_epochs, 0)
+        check_budget("epochs", self.epochs, "epochs")
         if self.patience is not None:
             _check_int("patience", self.patience, 1)
         if self.strategy == "finetune" and self.head_epochs >= self.epochs:
