@@ -20,6 +20,7 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -203,10 +204,23 @@ class Replacement:
         self.lock: OutputLock | None = None
 
     def recover(self) -> None:
-        """Undo a swap a kill interrupted between its two renames: the old folder comes back."""
-        if self.retired.exists() and not self.target.exists():
-            log.warning("restoring %s from an interrupted --overwrite", self.target)
-            os.rename(self.retired, self.target)
+        """Finish what a kill cut short in ``commit``.
+
+        Between the two renames: the old folder comes back. After them: the retired one goes.
+        """
+        if not self.retired.exists():
+            return
+        # its lock file is the one the swapping process holds: a live swap is left alone
+        lock = OutputLock(self.retired, self.flag).acquire()
+        try:
+            if self.target.exists():
+                shutil.rmtree(self.retired, ignore_errors=True)
+            else:
+                log.warning("restoring %s from an interrupted --overwrite", self.target)
+                os.rename(self.retired, self.target)
+                lock.folder = self.target
+        finally:
+            lock.release()
 
     def start(self) -> Path:
         for stale in (self.staging, self.retired):
@@ -218,12 +232,20 @@ class Replacement:
         return self.staging
 
     def commit(self) -> None:
-        """Swap: target -> retired, staging -> target, then delete retired."""
-        os.rename(self.target, self.retired)
-        os.rename(self.staging, self.target)
-        if self.lock is not None:  # the staging lock file is now the target's
-            self.lock.folder = self.target
-        shutil.rmtree(self.retired, ignore_errors=True)
+        """Swap: target -> retired, staging -> target, then delete retired.
+
+        Ctrl-C and SIGTERM wait until both renames are done (SIGKILL cannot: ``recover``).
+        """
+        signals = {signal.SIGINT, signal.SIGTERM}
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+        try:
+            os.rename(self.target, self.retired)
+            os.rename(self.staging, self.target)
+            if self.lock is not None:  # the staging lock file is now the target's
+                self.lock.folder = self.target
+            shutil.rmtree(self.retired, ignore_errors=True)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def abandon(self) -> None:
         """Release the staging folder; after an error or Ctrl-C remove it (the target is as it was).

@@ -10,9 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,36 @@ def start_cli(args: Sequence[str], cwd: Path, **env: str) -> subprocess.Popen[by
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+def kill_when(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    timeout: float = 1200,
+    sig: signal.Signals = signal.SIGKILL,
+) -> bool:
+    """Send ``sig`` to ``process`` once ``ready()`` holds; True if it ended by it, False if the
+    command finished (exit 0) first - on a loaded machine that is a valid outcome too.
+
+    Fails only if the command fails on its own or ``ready`` never holds within ``timeout``
+    (a hang guard, not a timing assumption).
+    """
+    deadline = time.monotonic() + timeout
+    while not ready() and process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait()
+            pytest.fail("timed out waiting for the first unit of work")
+        time.sleep(0.02)
+    if process.poll() is None:
+        process.send_signal(sig)
+    process.wait()
+    err = process.stderr.read().decode() if process.stderr else ""
+    if process.stderr:
+        process.stderr.close()
+    ended_by_signal = process.returncode in (-sig, 128 + sig)  # 128 + n: handled, then exited
+    assert process.returncode == 0 or ended_by_signal, f"exit {process.returncode}:\n{err}"
+    return ended_by_signal
 
 
 def call_cli(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

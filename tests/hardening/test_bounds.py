@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import assert_one_line_error, call_cli, cli_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -199,3 +200,11 @@ def test_budgets_come_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("ROBUSTLAB_MAX_EPS_VALUES", "many")
     with pytest.raises(UserError, match="ROBUSTLAB_MAX_EPS_VALUES must be a whole number"):
         budgets()
+
+
+@pytest.mark.parametrize("arch", ["mobilenetv3_small_100", "lcnet_050", "simple-cnn"])
+def test_models_the_dry_forward_accepts_run_for_real(arch: str) -> None:
+    # MobileNetV3 / LCNet put out head_hidden_size features, not num_features: the dry forward
+    # found that mismatch, which once failed only at the first real batch.
+    model = create_model(ModelSpec(arch, 3, input_size=32)).eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)

@@ -106,3 +106,14 @@ def test_special_files_named_like_images_are_skipped_not_opened(two_classes: Pat
         server.close()
     assert len(raw.labels) == 12
     assert raw.skipped >= 1
+
+
+def test_class_folders_not_named_in_utf8_get_printable_names(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _images(root / "b", 2, 10)
+    latin1 = os.fsdecode(b"caf\xe9")  # 'caf\udce9': a surrogate escape
+    _images(root / latin1, 2, 100)
+    raw = read_folder(root)
+    assert set(raw.classes) == {"b", "caf\\udce9"}
+    for name in raw.classes:
+        name.encode("utf-8")  # strict: every writer and plot can take it

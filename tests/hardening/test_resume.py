@@ -13,10 +13,6 @@ ignores and removes it, so leftovers are checked only once the results are compl
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +22,7 @@ from conftest import (
     SMALL_CNN,
     call_cli,
     files_under,
+    kill_when,
     read_json,
     start_cli,
     without_timing,
@@ -33,30 +30,6 @@ from conftest import (
 from safetensors.torch import load_file
 
 TRAIN = ("train", *DIGITS, *SMALL_CNN, "--epochs", "3", "--batch-size", "32", "--limit", "600")
-
-
-def kill_when(
-    process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float = 600
-) -> bool:
-    """SIGKILL ``process`` once ``ready()`` holds; True if killed, False if it finished first.
-
-    Fails only if the command fails on its own or ``ready`` never holds within ``timeout``.
-    """
-    deadline = time.monotonic() + timeout
-    while not ready() and process.poll() is None:
-        if time.monotonic() > deadline:
-            process.kill()
-            process.wait()
-            pytest.fail("timed out waiting for the first unit of work")
-        time.sleep(0.02)
-    if process.poll() is None:
-        process.send_signal(signal.SIGKILL)
-    process.wait()
-    err = process.stderr.read().decode() if process.stderr else ""
-    if process.stderr:
-        process.stderr.close()
-    assert process.returncode in (0, -signal.SIGKILL), f"exit {process.returncode}:\n{err}"
-    return process.returncode == -signal.SIGKILL
 
 
 def no_partial_files(folder: Path) -> None:

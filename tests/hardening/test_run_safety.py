@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
-from conftest import DIGITS, SMALL_CNN, assert_one_line_error, call_cli, read_json, run_cli
+from conftest import (
+    DIGITS,
+    SMALL_CNN,
+    assert_one_line_error,
+    call_cli,
+    kill_when,
+    read_json,
+    run_cli,
+    start_cli,
+)
 
 from robustlab.distributed import ChunkStore
 from robustlab.outdir import LOCK_FILE, OutputLock, Replacement
@@ -84,6 +94,37 @@ def test_interrupted_overwrite_leaves_the_old_run_intact(
     assert read_json(out / "config.json")["train"]["epochs"] == 2
     assert [h["epoch"] for h in read_json(out / "history.json")] == [1, 2]
     no_leftovers(tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_signalled_overwrite_leaves_the_old_run_intact(finished_run, tmp_path, capsys, sig):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = snapshot(out)
+    args = [*TRAIN, "--epochs", "3", "--overwrite", "--out", out]
+    child = start_cli(args, tmp_path)
+    staging = Replacement(out).staging
+    kill_when(child, lambda: (staging / loop.STATE_FILE).exists(), sig=sig)
+    # valid at any kill moment: the old run intact (at its place, or - killed between the
+    # swap's two renames - set aside to be restored), or the new one complete in its place
+    retired = Replacement(out).retired
+    replaced = finished(out, epochs=3)
+    assert replaced or snapshot(out if out.exists() else retired) == before
+    if sig == signal.SIGTERM:  # unwound like Ctrl-C, the swap never cut: nothing left beside
+        assert out.exists()
+        no_leftovers(tmp_path)
+    if not replaced:
+        code, _, err = call_cli(args, capsys)  # the leftover of a SIGKILL goes on the next start
+        assert code == 0, err
+    assert finished(out, epochs=3)
+    no_leftovers(tmp_path)
+
+
+def finished(run: Path, epochs: int) -> bool:
+    """``run`` holds a complete run trained for ``epochs`` epochs."""
+    complete = (run / "config.json").exists() and not (run / loop.STATE_FILE).exists()
+    return complete and read_json(run / "config.json")["train"]["epochs"] == epochs
 
 
 def test_finished_run_needs_overwrite(finished_run, tmp_path, capsys):
@@ -256,6 +297,10 @@ def test_a_swap_cut_between_its_renames_restores_the_old_folder(tmp_path):
     replacement = Replacement(target)
     replacement.retired.mkdir()
     (replacement.retired / "model.safetensors").write_bytes(b"old")
+    replacement.recover()
+    assert (target / "model.safetensors").read_bytes() == b"old"
+    assert not replacement.retired.exists()
+    replacement.retired.mkdir()  # cut after both renames: the new run is in place
     replacement.recover()
     assert (target / "model.safetensors").read_bytes() == b"old"
     assert not replacement.retired.exists()

@@ -16,6 +16,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if argv is None:  # ROBUSTLAB_TCMALLOC=0 turns the allocator switch off
         reexec_with_tcmalloc(["-m", "robustlab", *sys.argv[1:]])
+        # SIGTERM (timeout, a job scheduler, torchrun stopping the other ranks) unwinds like
+        # Ctrl-C: outputs are released, a half-made --overwrite or an empty new folder removed
+        signal.signal(signal.SIGTERM, _terminated)
     args = build_parser().parse_args(argv)
     launched = "RANK" in os.environ and "WORLD_SIZE" in os.environ  # started by torchrun
     rank = int(os.environ.get("RANK", "0")) if launched else 0
@@ -98,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _run_distributed(args: argparse.Namespace) -> int:

@@ -157,7 +157,13 @@ def scan_folder(root: Path) -> tuple[list[str], list[list[Path]], list[Path]]:
     walk.seen_dirs.update(_dir_key(folder) for folder in walk.claimed)
     files = [walk.files(str(root / name)) for name in classes]
     _report_skipped_links(root, walk)
-    return classes, files, loose
+    return [printable(name) for name in classes], files, loose
+
+
+def printable(name: str) -> str:
+    """A folder name as a class name every writer and plot can take: bytes that are not UTF-8
+    (surrogate escapes from ``os.fsdecode``) become visible ``\\udcXX`` escapes."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _dir_key(path: str) -> tuple[int, int]:

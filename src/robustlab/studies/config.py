@@ -167,6 +167,7 @@ class CurvesConfig(Strict):
     @field_validator("eps")
     @classmethod
     def _eps_in_range(cls, eps: list[float]) -> list[float]:
+        check_budget("eps_values", len(eps), "eps: the number of epsilons")
         for value in eps:
             if not 0.0 <= value <= 1.0:
                 raise UserError(

@@ -53,15 +53,17 @@ def train_run(
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
+    settings = {
+        "data": dataclasses.asdict(data),
+        "model": dataclasses.asdict(model_spec),
+        "train": config.to_dict(),
+        "defence": defence,
+    }
     if distributed.is_main():
-        settings = {
-            "data": dataclasses.asdict(data),
-            "model": dataclasses.asdict(model_spec),
-            "train": config.to_dict(),
-            "defence": defence,
-        }
         check_resume_settings(run_dir, settings)
     splits = load_splits(data, data_dir)
+    if distributed.is_main() and not (run_dir / STATE_FILE).exists():
+        write_json(run_dir / SETTINGS_FILE, settings)  # once the data proved loadable
     channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
     model_spec = dataclasses.replace(
         model_spec, num_classes=len(splits.train.classes), in_chans=channels, input_size=size
@@ -114,25 +116,24 @@ def train_run(
 
 
 def check_resume_settings(run_dir: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume ``run_dir``'s unfinished training under other settings; else record them.
+    """Refuse to resume ``run_dir``'s unfinished training under other settings.
 
     A resumed run must continue the same computation: other data, model, optimiser, learning
     rate or epochs would load mismatched weights or silently mix two trainings in one history.
     Temporary files of writes a kill interrupted are removed here (the caller owns the folder).
     """
     remove_stale_temporaries(run_dir)
+    if not (run_dir / STATE_FILE).exists():
+        return
     recorded = run_dir / SETTINGS_FILE
     settings = json.loads(json.dumps(settings, default=str))  # as it reads back (tuples -> lists)
-    if (run_dir / STATE_FILE).exists():
-        previous = read_json(recorded, "settings of the unfinished run") if recorded.exists() else None
-        if previous != settings:
-            change = first_difference(previous, settings) if previous else "settings unknown"
-            raise UserError(
-                f"{run_dir} holds an unfinished training with other settings ({change}); "
-                "run the same command to resume it, or pass --overwrite to start over"
-            )
-        return
-    write_json(recorded, settings)
+    previous = read_json(recorded, "settings of the unfinished run") if recorded.exists() else None
+    if previous != settings:
+        change = first_difference(previous, settings) if previous else "settings unknown"
+        raise UserError(
+            f"{run_dir} holds an unfinished training with other settings ({change}); "
+            "run the same command to resume it, or pass --overwrite to start over"
+        )
 
 
 @torch.no_grad()
