@@ -41,7 +41,7 @@ from robustlab.errors import UserError, check_range
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("ce", "mse", "margin")
+LOSSES = ("ce", "mse", "margin", "dlr")
 TRAIN_MODES = ("refuse", "eval", "keep")
 
 
@@ -268,7 +268,25 @@ def label_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
         label_logit = logits.gather(1, labels[:, None]).squeeze(1)
         others = logits.scatter(1, labels[:, None], float("-inf"))
         return others.amax(1) - label_logit
+    if kind == "dlr":
+        return dlr_loss(logits, labels)
     raise ValueError(f"unknown loss {kind!r}")
+
+
+def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Difference of logits ratio (Croce & Hein 2020), per sample ``(B,)``, high when fooled.
+
+    ``-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3)`` with ``z_pi`` the logits sorted in
+    decreasing order: the margin, made invariant to a shift and a rescaling of the logits.
+    Needs at least 3 classes.
+    """
+    if logits.shape[1] < 3:
+        raise UserError(f"loss 'dlr' needs at least 3 classes, the model has {logits.shape[1]}")
+    ordered, order = logits.sort(dim=1, descending=True)
+    label_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    label_is_top = order[:, 0] == labels  # then the best other logit is the second one
+    best_other = torch.where(label_is_top, ordered[:, 1], ordered[:, 0])
+    return -(label_logit - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
 def objective(logits: Tensor, y: Tensor, target: Tensor | None, kind: str) -> Tensor:
