@@ -16,6 +16,7 @@ from robustlab.attacks.apgd_targeted import APGDTargeted, APGDTargetedL2
 from robustlab.attacks.base import Attack
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.epsilon import parse_number
+from robustlab.attacks.fab import FAB
 from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.filter import FilterAttack
 from robustlab.attacks.iterative import IFGSM, MIFGSM, PGD, PGDL2
@@ -42,6 +43,7 @@ ATTACKS: dict[str, type[Attack]] = {
         APGDTargeted,
         APGDTargetedL2,
         Square,
+        FAB,
     )
 }
 
