@@ -200,7 +200,9 @@ class ModelView:
     """The model as one attack call sees it: logits out, checked on first use, work counted.
 
     ``images`` counts the images forwarded (with or without a backward pass), which tests and
-    benchmarks use to see how much work early stopping saved.
+    benchmarks use to see how much work early stopping saved. ``stage`` is set by cascades
+    (AutoAttack): per sample of the last ``_perturb`` call, the index of the member that fooled
+    it (-1: misclassified clean, -2: robust to every member).
     """
 
     def __init__(self, model: Callable[[Tensor], Any], y: Tensor, target: Tensor | None) -> None:
@@ -209,6 +211,7 @@ class ModelView:
         self.target = target
         self.checked = False
         self.images = 0
+        self.stage: Tensor | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
         logits = logits_from_output(self.model(x))

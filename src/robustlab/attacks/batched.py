@@ -57,7 +57,7 @@ class BatchedAttack(Attack):
     ) -> SweepRunner:
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
             generator = self._generator(x.device)
-            advs, preds = [], []
+            advs, preds, stages = [], [], []
             for part in chunks(idx.shape[0], batch_size):
                 sel = idx[part]
                 sub_t = None if target is None else target[sel]
@@ -65,6 +65,9 @@ class BatchedAttack(Attack):
                 adv, pred = self._perturb(view, x[sel], y[sel], sub_t, eps_t, generator, not keep)
                 advs.append(adv)
                 preds.append(pred)
+                stages.append(view.stage)
+            if all(stage is not None for stage in stages):  # a cascade: join its chunks
+                view.stage = torch.cat(stages)  # type: ignore[arg-type]
             known = all(pred is not None for pred in preds)
             return torch.cat(advs), torch.cat(preds) if known else None  # type: ignore[arg-type]
 

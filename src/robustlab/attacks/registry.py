@@ -13,6 +13,7 @@ from typing import Any
 
 from robustlab.attacks.apgd import APGD, APGDL2
 from robustlab.attacks.apgd_targeted import APGDTargeted, APGDTargetedL2
+from robustlab.attacks.autoattack import AutoAttack
 from robustlab.attacks.base import Attack
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.epsilon import parse_number
@@ -44,6 +45,7 @@ ATTACKS: dict[str, type[Attack]] = {
         APGDTargetedL2,
         Square,
         FAB,
+        AutoAttack,
     )
 }
 
