@@ -22,7 +22,8 @@ from robustlab.errors import UserError
 def test_registry_lists_every_attack():
     names = list_attacks()
     expected = {"fgsm", "ifgsm", "pgd", "pgd-l2", "mifgsm", "filter", "cw-l2", "minimal"}
-    assert expected | {"sign-noise", "gaussian-noise"} == set(names)
+    evaluation = {"apgd", "apgd-l2", "apgd-t", "apgd-t-l2", "square", "fab", "autoattack"}
+    assert expected | {"sign-noise", "gaussian-noise"} | evaluation == set(names)
     for name in names:
         attack = get_attack(name)
         assert isinstance(attack, Attack) and attack.name == name

@@ -23,6 +23,15 @@ from robustlab.errors import UserError
 _TINY = 1e-12
 
 
+def refuse_target(name: str, target: Tensor | None) -> None:
+    """Attacks that choose their own targets take none from the caller."""
+    if target is not None:
+        raise UserError(
+            f"attack '{name}' is untargeted (it picks its own target classes); "
+            "for a given target class use 'apgd' or 'pgd'"
+        )
+
+
 def targeted_dlr_loss(logits: Tensor, y: Tensor, aim: Tensor) -> Tensor:
     """Targeted DLR per sample ``(B,)``: high when the target ``aim`` beats the label ``y``."""
     ordered = logits.sort(dim=1, descending=True).values
@@ -71,13 +80,9 @@ class APGDTargeted(APGD):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
-        if target is not None:
-            raise UserError(
-                f"attack '{self.name}' chooses its own targets (the top-k classes); "
-                "for a given target class use 'apgd'"
-            )
         with torch.no_grad():
-            clean = view(x)
+            clean = view(x)  # checks the labels against the model first
+        refuse_target(self.name, target)
         self.check_classes(clean.shape[1])
         ranked = clean.argsort(dim=1, descending=True)
         out, pred = x.clone(), clean.argmax(1)

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.apgd import APGD
-from robustlab.attacks.apgd_targeted import APGDTargeted
+from robustlab.attacks.apgd_targeted import APGDTargeted, refuse_target
 from robustlab.attacks.base import Attack, ModelView, check_choice, check_int, is_success
 from robustlab.attacks.batched import BatchedAttack
 from robustlab.attacks.fab import FAB
@@ -138,7 +138,8 @@ class AutoAttack(BatchedAttack):
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            clean = view(x)
+            clean = view(x)  # checks the labels against the model first
+        refuse_target(self.name, target)
         pred = clean.argmax(1)
         out = x.clone()
         stage = torch.where(is_success(pred, y, target), CLEAN, ROBUST)
