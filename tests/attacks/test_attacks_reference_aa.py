@@ -283,3 +283,62 @@ def test_targeted_dlr_on_a_two_class_model_says_so(batch):
 def test_fab_has_no_l2_version():
     with pytest.raises(UserError, match="unknown attack 'fab-l2'"):
         get_attack("fab-l2")
+
+
+class _RandomisedModel(torch.nn.Module):
+    """Adds fresh Gaussian noise to the input on every forward (a randomised defence)."""
+
+    def __init__(self, inner, sigma=0.2):
+        super().__init__()
+        self.inner, self.sigma = inner, sigma
+
+    def forward(self, x):
+        return self.inner(x + self.sigma * torch.randn_like(x))
+
+
+def test_eot_fgsm_steps_along_the_mean_gradient(model, batch):
+    """EOT's gradient is the mean of the gradients of the same noisy passes, in order."""
+    x, y = batch
+    noisy = _RandomisedModel(model).eval()
+    torch.manual_seed(11)
+    eot = get_attack("fgsm", eps=0.03, eot_samples=4)(noisy, x, y)
+    torch.manual_seed(11)
+    grads = [
+        _value_and_grad(noisy, x, lambda z: F.cross_entropy(z, y, reduction="none"))[0]
+        for _ in range(4)
+    ]
+    expected = (x + 0.03 * (sum(grads) / 4).sign()).clamp(0, 1)
+    assert torch.equal(eot, expected)
+    assert not torch.equal((x + 0.03 * grads[0].sign()).clamp(0, 1), expected)
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "mifgsm", "apgd", "apgd-t"])
+def test_eot_samples_zero_is_refused(name):
+    with pytest.raises(UserError, match=rf"{name}\.eot_samples"):
+        get_attack(name, eot_samples=0)
+
+
+def test_eot_default_is_not_recorded_but_other_values_are():
+    assert "eot_samples" not in get_attack("pgd").settings()
+    assert get_attack("pgd", eot_samples=5).settings()["eot_samples"] == 5
+
+
+def test_bpda_restores_the_gradient_of_a_quantiser(model, batch):
+    from robustlab.attacks import BPDA
+
+    x, y = batch
+
+    def quantise(t):
+        return torch.round(t * 4) / 4  # coarse, so the masking is total
+
+    masked = torch.nn.Sequential()
+    masked.forward = lambda t: model(quantise(t))  # type: ignore[method-assign]
+    leaf = x.clone().requires_grad_(True)
+    F.cross_entropy(masked(leaf), y).backward()
+    assert leaf.grad is not None and leaf.grad.abs().max() == 0  # gradient attacks are blind
+    wrapped = BPDA(model, quantise).eval()
+    with torch.no_grad():
+        assert torch.equal(wrapped(x), model(quantise(x)))  # the forward is the real step
+    leaf = x.clone().requires_grad_(True)
+    F.cross_entropy(wrapped(leaf), y).backward()
+    assert leaf.grad.abs().max() > 0  # the straight-through gradient is back

@@ -29,7 +29,8 @@ def test_registry_lists_every_attack():
         assert isinstance(attack, Attack) and attack.name == name
         assert attack.norm in ("linf", "l2", "none")
         json.dumps(attack.settings())  # JSON-able (inf becomes Infinity, io writes null)
-        assert list(attack.settings()) == setting_names(name)
+        recorded = list(attack.settings())  # quiet settings at their default are left out
+        assert recorded == [key for key in setting_names(name) if key in recorded]
 
 
 def test_unknown_attack_suggests_a_close_name():

@@ -97,6 +97,11 @@ def as_logits_model(model: nn.Module, key: str = "logits") -> nn.Module:
 # ----------------------------------------------------------------------------- checks
 
 
+def quiet_default(value: Any) -> Any:
+    """A dataclass field whose default is not recorded by ``Attack.settings`` (see there)."""
+    return dataclasses.field(default=value, metadata={"quiet": True})
+
+
 def check_int(field: str, value: Any, low: int | None = None) -> int:
     """Validate an integer setting (bools and floats refused), naming the field."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -305,14 +310,27 @@ def is_success(pred: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
 
 
 def input_gradient(
-    view: ModelView, x_adv: Tensor, y: Tensor, target: Tensor | None, loss: str
+    view: ModelView,
+    x_adv: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    loss: str,
+    samples: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Gradient of the summed objective w.r.t. ``x_adv`` and the logits, without any ``.grad``."""
-    x_adv.requires_grad_(True)
-    logits = view(x_adv)
-    (grad,) = torch.autograd.grad(objective(logits, y, target, loss).sum(), x_adv)
-    x_adv.requires_grad_(False)
-    return grad, logits.detach()
+    """Gradient of the summed objective w.r.t. ``x_adv`` and the logits, without any ``.grad``.
+
+    ``samples > 1`` is EOT (expectation over transformation, for randomised models): the
+    gradient is averaged over that many passes, the logits are the last pass's.
+    """
+    total: Tensor | None = None
+    for _ in range(samples):
+        x_adv.requires_grad_(True)
+        logits = view(x_adv)
+        (grad,) = torch.autograd.grad(objective(logits, y, target, loss).sum(), x_adv)
+        x_adv.requires_grad_(False)
+        total = grad if total is None else total.add_(grad)
+    assert total is not None
+    return (total if samples == 1 else total.div_(samples)), logits.detach()
 
 
 # ----------------------------------------------------------------------------- norms
@@ -392,8 +410,16 @@ class Attack:
         return f"{self.name}.{field}"
 
     def settings(self) -> dict[str, Any]:
-        """All settings as a JSON-able dict (what result files record)."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        """All settings as a JSON-able dict (what result files record).
+
+        A setting declared with ``quiet_default`` is left out while at its default, so result
+        files written before it existed stay identical (e.g. ``eot_samples=1``).
+        """
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if not (field.metadata.get("quiet") and getattr(self, field.name) == field.default)
+        }
 
     def with_eps(self, eps: float) -> Self:
         """The same attack with another epsilon (validated)."""
