@@ -67,3 +67,28 @@ def test_l2_training_uses_the_l2_form_and_unknown_attacks_are_refused():
         PGDTrainingConfig(attack="square")
     with pytest.raises(UserError, match="no L2 form"):
         PGDTrainingConfig(eps=0.5, norm="l2", attack="mifgsm")
+
+
+def test_crafting_equals_the_former_defence_engine_bit_for_bit(tiny_net, batch):
+    """PGD-AT's examples are what defences/perturb.py crafted before (so weights are unchanged)."""
+    import torch.nn.functional as F
+
+    from robustlab.defences.perturb import perturb, random_in_ball
+
+    x, y = batch
+    model = tiny_net().eval()
+    config = PGDTrainingConfig(eps=0.1, steps=3)
+    torch.manual_seed(9)
+    start = random_in_ball(x, config.eps, "linf")
+    former = perturb(
+        model,
+        x,
+        lambda logits: F.cross_entropy(logits, y, reduction="sum"),
+        step_size=config.effective_step_size,
+        steps=config.steps,
+        norm="linf",
+        radius=config.eps,
+        start=start,
+    )
+    torch.manual_seed(9)
+    assert torch.equal(make_defence(config).craft(model, x, y), former)

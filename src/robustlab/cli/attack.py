@@ -164,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
     target = resolve_target(job.target, classes)
+    check_classes = getattr(job.attack, "check_classes", None)  # apgd-t, fab: top_k vs classes
+    if check_classes is not None:
+        check_classes(len(classes))
     images, labels = imageset.images, imageset.labels
     indices = torch.arange(images.shape[0])
     if job.limit is not None:
