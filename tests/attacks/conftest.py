@@ -15,6 +15,13 @@ NUM_CLASSES = 4
 
 # small budgets so the whole registry runs in seconds
 FAST: dict[str, dict] = {
+    "apgd": {"steps": 5},
+    "apgd-l2": {"steps": 5},
+    "apgd-t": {"steps": 5, "top_k": 2},
+    "apgd-t-l2": {"steps": 5, "top_k": 2},
+    "autoattack": {"steps": 4, "top_k": 2, "queries": 20},
+    "fab": {"steps": 5, "top_k": 2},
+    "square": {"queries": 20},
     "cw-l2": {"steps": 25, "binary_search_steps": 4, "initial_const": 0.1, "lr": 0.05},
     "filter": {"iterations": 25},
     "ifgsm": {"steps": 5},
@@ -27,7 +34,15 @@ FAST: dict[str, dict] = {
 EPS = {"linf": 0.05, "l2": 0.5}
 ALL = list_attacks()
 BOUNDED = [name for name in ALL if get_attack(name).norm != "none"]
-RANDOM = ["pgd", "pgd-l2", "sign-noise", "gaussian-noise"]  # outputs depend on the seed
+RANDOM = [
+    "pgd",
+    "pgd-l2",
+    "sign-noise",
+    "gaussian-noise",
+    "apgd",
+    "apgd-l2",
+    "square",
+]  # outputs depend on the seed
 
 
 class TinyCNN(nn.Module):

@@ -50,6 +50,7 @@ def test_values_are_parsed_by_field_type():
         "norm": "l2",
         "random_start": False,
         "warmup_epochs": 2,
+        "attack": "pgd",
     }
     _, nsl = build_defence(
         "nsl", ["adv_grad_norm=infinity", "pgd_epsilon=0.1", "clip_value_max=1", "random_init=yes"]

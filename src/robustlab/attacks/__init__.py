@@ -10,6 +10,9 @@ called as ``attack(model, x, y, target=None) -> x_adv``. Build attacks by name w
     curve.accuracy()                                 # robust accuracy per epsilon
 """
 
+from robustlab.attacks.apgd import APGD, APGDL2
+from robustlab.attacks.apgd_targeted import APGDTargeted, APGDTargetedL2
+from robustlab.attacks.autoattack import AutoAttack
 from robustlab.attacks.base import (
     Attack,
     LogitsModel,
@@ -21,8 +24,10 @@ from robustlab.attacks.base import (
     label_loss,
     logits_from_output,
 )
+from robustlab.attacks.bpda import BPDA
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.epsilon import parse_eps, parse_eps_list
+from robustlab.attacks.fab import FAB
 from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.filter import FilterAttack, FilterResult
 from robustlab.attacks.iterative import IFGSM, MIFGSM, PGD, PGDL2
@@ -35,15 +40,23 @@ from robustlab.attacks.registry import (
     setting_names,
     settings_from_strings,
 )
+from robustlab.attacks.square import Square
 from robustlab.attacks.sweep import SweepResult, accuracy_from_min_eps, sweep, sweep_dataset
 
 __all__ = [
+    "APGD",
+    "APGDL2",
+    "BPDA",
+    "FAB",
     "FGSM",
     "IFGSM",
     "MIFGSM",
     "PGD",
     "PGDL2",
+    "APGDTargeted",
+    "APGDTargetedL2",
     "Attack",
+    "AutoAttack",
     "CarliniWagnerL2",
     "FilterAttack",
     "FilterResult",
@@ -53,6 +66,7 @@ __all__ = [
     "MinimumNormAttack",
     "SignNoise",
     "SoftmaxOutputWarning",
+    "Square",
     "SweepResult",
     "accuracy_from_min_eps",
     "as_logits_model",

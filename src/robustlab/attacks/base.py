@@ -42,7 +42,7 @@ from robustlab.errors import UserError, check_range
 
 logger = logging.getLogger(__name__)
 
-LOSSES = ("ce", "mse", "margin")
+LOSSES = ("ce", "mse", "margin", "dlr")
 TRAIN_MODES = ("refuse", "eval", "keep")
 
 
@@ -96,6 +96,11 @@ def as_logits_model(model: nn.Module, key: str = "logits") -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- checks
+
+
+def quiet_default(value: Any) -> Any:
+    """A dataclass field whose default is not recorded by ``Attack.settings`` (see there)."""
+    return dataclasses.field(default=value, metadata={"quiet": True})
 
 
 def check_int(field: str, value: Any, low: int | None = None) -> int:
@@ -208,7 +213,9 @@ class ModelView:
     """The model as one attack call sees it: logits out, checked on first use, work counted.
 
     ``images`` counts the images forwarded (with or without a backward pass), which tests and
-    benchmarks use to see how much work early stopping saved.
+    benchmarks use to see how much work early stopping saved. ``stage`` is set by cascades
+    (AutoAttack): per sample of the last ``_perturb`` call, the index of the member that fooled
+    it (-1: misclassified clean, -2: robust to every member).
     """
 
     def __init__(self, model: Callable[[Tensor], Any], y: Tensor, target: Tensor | None) -> None:
@@ -217,6 +224,7 @@ class ModelView:
         self.target = target
         self.checked = False
         self.images = 0
+        self.stage: Tensor | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
         logits = logits_from_output(self.model(x))
@@ -276,7 +284,25 @@ def label_loss(logits: Tensor, labels: Tensor, kind: str) -> Tensor:
         label_logit = logits.gather(1, labels[:, None]).squeeze(1)
         others = logits.scatter(1, labels[:, None], float("-inf"))
         return others.amax(1) - label_logit
+    if kind == "dlr":
+        return dlr_loss(logits, labels)
     raise ValueError(f"unknown loss {kind!r}")
+
+
+def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Difference of logits ratio (Croce & Hein 2020), per sample ``(B,)``, high when fooled.
+
+    ``-(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3)`` with ``z_pi`` the logits sorted in
+    decreasing order: the margin, made invariant to a shift and a rescaling of the logits.
+    Needs at least 3 classes.
+    """
+    if logits.shape[1] < 3:
+        raise UserError(f"loss 'dlr' needs at least 3 classes, the model has {logits.shape[1]}")
+    ordered, order = logits.sort(dim=1, descending=True)
+    label_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    label_is_top = order[:, 0] == labels  # then the best other logit is the second one
+    best_other = torch.where(label_is_top, ordered[:, 1], ordered[:, 0])
+    return -(label_logit - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
 def objective(logits: Tensor, y: Tensor, target: Tensor | None, kind: str) -> Tensor:
@@ -292,14 +318,27 @@ def is_success(pred: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
 
 
 def input_gradient(
-    view: ModelView, x_adv: Tensor, y: Tensor, target: Tensor | None, loss: str
+    view: ModelView,
+    x_adv: Tensor,
+    y: Tensor,
+    target: Tensor | None,
+    loss: str,
+    samples: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Gradient of the summed objective w.r.t. ``x_adv`` and the logits, without any ``.grad``."""
-    x_adv.requires_grad_(True)
-    logits = view(x_adv)
-    (grad,) = torch.autograd.grad(objective(logits, y, target, loss).sum(), x_adv)
-    x_adv.requires_grad_(False)
-    return grad, logits.detach()
+    """Gradient of the summed objective w.r.t. ``x_adv`` and the logits, without any ``.grad``.
+
+    ``samples > 1`` is EOT (expectation over transformation, for randomised models): the
+    gradient is averaged over that many passes, the logits are the last pass's.
+    """
+    total: Tensor | None = None
+    for _ in range(samples):
+        x_adv.requires_grad_(True)
+        logits = view(x_adv)
+        (grad,) = torch.autograd.grad(objective(logits, y, target, loss).sum(), x_adv)
+        x_adv.requires_grad_(False)
+        total = grad if total is None else total.add_(grad)
+    assert total is not None
+    return (total if samples == 1 else total.div_(samples)), logits.detach()
 
 
 # ----------------------------------------------------------------------------- norms
@@ -379,8 +418,16 @@ class Attack:
         return f"{self.name}.{field}"
 
     def settings(self) -> dict[str, Any]:
-        """All settings as a JSON-able dict (what result files record)."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        """All settings as a JSON-able dict (what result files record).
+
+        A setting declared with ``quiet_default`` is left out while at its default, so result
+        files written before it existed stay identical (e.g. ``eot_samples=1``).
+        """
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if not (field.metadata.get("quiet") and getattr(self, field.name) == field.default)
+        }
 
     def with_eps(self, eps: float) -> Self:
         """The same attack with another epsilon (validated)."""

@@ -27,6 +27,7 @@ from robustlab.attacks.base import (
     input_gradient,
     is_success,
     objective,
+    quiet_default,
 )
 from robustlab.errors import check_range
 
@@ -77,10 +78,12 @@ class IterativeAttack(Attack):
     eps: float = 8 / 255
     steps: int = 10
     loss: str = "ce"
+    eot_samples: int = quiet_default(1)  # EOT: gradients averaged per step (randomised models)
 
     def _validate(self) -> None:
         super()._validate()
         check_steps(self._field("steps"), self.steps)
+        check_int(self._field("eot_samples"), self.eot_samples, 1)
 
     def _alpha(self, eps: Tensor) -> Tensor:
         return eps / self.steps
@@ -225,7 +228,9 @@ class IterativeAttack(Attack):
         idx = torch.arange(x.shape[0], device=x.device)
         work = self._new_work(idx, x, y, target, eps, generator)
         for _ in range(self.steps):
-            grad, _ = input_gradient(view, work.x_adv, work.y, work.target, self.loss)
+            grad, _ = input_gradient(
+                view, work.x_adv, work.y, work.target, self.loss, self.eot_samples
+            )
             with torch.no_grad():
                 self._step(work, grad)
         return work.x_adv, None
@@ -263,7 +268,9 @@ class IterativeAttack(Attack):
                 return out, pred
             # only the last check of samples out of steps needs no gradient; the rare robust
             # samples pay one backward pass for it, which keeps every batch full-sized
-            grad, logits = input_gradient(view, work.x_adv, work.y, work.target, self.loss)
+            grad, logits = input_gradient(
+                view, work.x_adv, work.y, work.target, self.loss, self.eot_samples
+            )
             step_pred = logits.argmax(1)
             finished = is_success(step_pred, work.y, work.target) | (work.count >= self.steps)
             if finished.any():  # adversarial (or out of steps): record it, free the slot
@@ -313,7 +320,8 @@ class PGD(IterativeAttack):
         random_start: start uniformly in the ball (clipped to the box).
         restarts: independent random starts; per sample the first successful run wins,
             otherwise the run with the highest loss.
-        loss: 'ce', 'mse' or 'margin'.
+        loss: 'ce', 'mse', 'margin' or 'dlr'.
+        eot_samples: gradients averaged per step (EOT, for randomised models), >= 1.
     """
 
     name = "pgd"

@@ -11,14 +11,19 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
+from robustlab.attacks.apgd import APGD, APGDL2
+from robustlab.attacks.apgd_targeted import APGDTargeted, APGDTargetedL2
+from robustlab.attacks.autoattack import AutoAttack
 from robustlab.attacks.base import Attack
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.epsilon import parse_number
+from robustlab.attacks.fab import FAB
 from robustlab.attacks.fgsm import FGSM
 from robustlab.attacks.filter import FilterAttack
 from robustlab.attacks.iterative import IFGSM, MIFGSM, PGD, PGDL2
 from robustlab.attacks.minimal import MinimalEps
 from robustlab.attacks.noise import GaussianNoise, SignNoise
+from robustlab.attacks.square import Square
 from robustlab.errors import UserError, unknown_name
 
 ATTACKS: dict[str, type[Attack]] = {
@@ -34,6 +39,13 @@ ATTACKS: dict[str, type[Attack]] = {
         MinimalEps,
         SignNoise,
         GaussianNoise,
+        APGD,
+        APGDL2,
+        APGDTargeted,
+        APGDTargetedL2,
+        Square,
+        FAB,
+        AutoAttack,
     )
 }
 

@@ -59,6 +59,8 @@ class SweepResult:
         delta_linf: ``(E, B)`` ``||x_adv - x||_inf`` of each returned adversarial.
         delta_l2: ``(E, B)`` ``||x_adv - x||_2``.
         images_forwarded: images passed through the model (a measure of the work done).
+        stage: ``(E, B)`` for cascades (``autoattack``): index of the member that fooled each
+            sample (-1: misclassified clean, -2: robust to all), else ``None``.
     """
 
     epsilons: list[float]
@@ -70,6 +72,7 @@ class SweepResult:
     delta_linf: Tensor
     delta_l2: Tensor
     images_forwarded: int = 0
+    stage: Tensor | None = None
 
     def accuracy(self) -> list[float]:
         """Robust accuracy per epsilon (fraction still classified correctly)."""
@@ -126,7 +129,11 @@ def sweep(
             clean_pred = runner.clean_pred
         else:
             clean_pred = view.predict(x, batch_size)
-        carry = _Carry(clean_pred, x, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]))
+        initial_stage = torch.where(is_success(clean_pred, y, target), -1, -2)
+        carry = _Carry(
+            clean_pred, x, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]), initial_stage
+        )
+        staged = False
         outcomes: dict[int, _Carry] = {}
         for k in sorted(range(len(eps_list)), key=eps_list.__getitem__):
             if worst_case:  # only samples still standing are attacked; the rest carry over
@@ -134,7 +141,8 @@ def sweep(
                 current = carry.copy(keep_adversarials)
             else:
                 todo = torch.ones_like(y, dtype=torch.bool)
-                current = _Carry(clean_pred, x, carry.linf, carry.l2).copy(keep_adversarials)
+                current = _Carry(clean_pred, x, carry.linf, carry.l2, initial_stage)
+                current = current.copy(keep_adversarials)
             idx = todo.nonzero().squeeze(1)
             if idx.numel():
                 new_adv, new_pred = runner.run(idx, eps_list[k])
@@ -146,6 +154,8 @@ def sweep(
                 current.l2[idx] = flat_norm(delta, "l2")
                 if keep_adversarials:
                     current.adv[idx] = new_adv
+                if view.stage is not None:
+                    current.stage[idx], view.stage, staged = view.stage, None, True
             outcomes[k] = current
             if worst_case:
                 carry = current
@@ -161,6 +171,7 @@ def sweep(
         delta_linf=torch.stack([outcome.linf for outcome in ordered]),
         delta_l2=torch.stack([outcome.l2 for outcome in ordered]),
         images_forwarded=view.images,
+        stage=torch.stack([outcome.stage for outcome in ordered]) if staged else None,
     )
 
 
@@ -186,10 +197,13 @@ class _Carry:
     adv: Tensor  # (B, C, H, W)
     linf: Tensor  # (B,)
     l2: Tensor  # (B,)
+    stage: Tensor  # (B,) cascade member that fooled it (see SweepResult.stage)
 
     def copy(self, with_adversarials: bool) -> _Carry:
         adv = self.adv.clone() if with_adversarials else self.adv
-        return _Carry(self.pred.clone(), adv, self.linf.clone(), self.l2.clone())
+        return _Carry(
+            self.pred.clone(), adv, self.linf.clone(), self.l2.clone(), self.stage.clone()
+        )
 
 
 def sweep_dataset(
@@ -274,6 +288,9 @@ def _concat(parts: list[SweepResult]) -> SweepResult:
     min_eps = None
     if first.min_eps is not None:
         min_eps = torch.cat([part.min_eps for part in parts])  # type: ignore[misc]
+    stage = None
+    if first.stage is not None:
+        stage = torch.cat([part.stage for part in parts], dim=1)  # type: ignore[misc]
     return SweepResult(
         epsilons=first.epsilons,
         success=torch.cat([part.success for part in parts], dim=1),
@@ -284,4 +301,5 @@ def _concat(parts: list[SweepResult]) -> SweepResult:
         delta_linf=torch.cat([part.delta_linf for part in parts], dim=1),
         delta_l2=torch.cat([part.delta_l2 for part in parts], dim=1),
         images_forwarded=sum(part.images_forwarded for part in parts),
+        stage=stage,
     )

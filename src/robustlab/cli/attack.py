@@ -197,6 +197,9 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
     target = resolve_target(job.target, classes)
+    check_classes = getattr(job.attack, "check_classes", None)  # apgd-t, fab: top_k vs classes
+    if check_classes is not None:
+        check_classes(len(classes))
     images, labels = imageset.images, imageset.labels
     indices = torch.arange(images.shape[0])
     if job.limit is not None:
@@ -319,8 +322,9 @@ def write_results(
     """Write ``adversarials.safetensors`` (when kept) and then ``attack.json`` into ``out``.
 
     ``attack.json`` keys: ``format`` ("robustlab-attack"), ``format_version``, ``attack``
-    ({``name``, ``norm``, ``settings``}), ``epsilons``, ``n``, ``clean_accuracy``, and per
-    epsilon (lists parallel to ``epsilons``): ``robust_accuracy``, ``success_rate``,
+    ({``name``, ``norm``, ``settings``}), ``evaluation`` (grade and, for ``autoattack``, robust
+    accuracy after each member: see ``robustlab.evaluation.grade``), ``epsilons``, ``n``,
+    ``clean_accuracy``, and per epsilon (lists parallel to ``epsilons``): ``robust_accuracy``, ``success_rate``,
     ``success_rate_on_correct``, ``delta_linf_mean``, ``delta_linf_max``, ``delta_l2_mean``,
     ``delta_l2_max``; for minimum-norm attacks ``min_eps_median``,
     ``min_eps_found_fraction``, ``robust_accuracy_from_min_eps``; then ``images_forwarded``,
@@ -332,6 +336,7 @@ def write_results(
     import torch
     from safetensors.torch import save_file
 
+    from robustlab.evaluation.grade import evaluation_grade
     from robustlab.io import atomic_path, write_json
 
     out = Path(out)
@@ -360,6 +365,7 @@ def write_results(
         "format_version": 1,
         "robustlab_version": _version(),
         "attack": {"name": attack.name, "norm": attack.norm, "settings": attack.settings()},
+        "evaluation": evaluation_grade(attack, result.stage),
         "epsilons": list(result.epsilons),
         **summarise(attack, result, labels, seconds),
         "adversarials_file": adversarials_file,

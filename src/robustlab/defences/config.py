@@ -90,6 +90,40 @@ class DefenceConfig:
         return self._float(field, 0.0, 1.0 if norm == "linf" else None)
 
 
+# Gradient attacks a defence may craft with; value: the attack's L2 form (None: Linf only).
+CRAFTING_ATTACKS: dict[str, str | None] = {
+    "pgd": "pgd-l2",
+    "apgd": "apgd-l2",
+    "mifgsm": None,
+    "ifgsm": None,
+    "fgsm": None,
+}
+
+
+def crafting_attack_name(attack: str, norm: str) -> str:
+    """The registry name of the crafting attack for ``norm`` (errors name the field)."""
+    if attack not in CRAFTING_ATTACKS:
+        raise unknown_name(
+            "attack (a gradient attack to craft with)", str(attack), CRAFTING_ATTACKS
+        )
+    if norm == "linf":
+        return attack
+    l2_form = CRAFTING_ATTACKS[attack]
+    if l2_form is None:
+        raise UserError(f"attack '{attack}' has no L2 form; use attack=pgd or apgd with norm=l2")
+    return l2_form
+
+
+def build_crafting_attack(name: str, **settings: Any) -> Any:
+    """``get_attack(name, ...)`` with the settings it knows, seeded from the global RNG."""
+    from robustlab.attacks import get_attack, setting_names
+
+    known = setting_names(name)
+    if settings.get("eps") == 0:  # a zero ball: every step is zero, which PGD's checks refuse
+        settings.pop("abs_stepsize", None)
+    return get_attack(name, seed=None, **{k: v for k, v in settings.items() if k in known})
+
+
 def default_step_size(eps: float, steps: int) -> float:
     """Madry et al.'s rule of thumb: ``2.5 * eps / steps`` lets PGD reach the ball's surface."""
     return 2.5 * eps / steps
@@ -102,7 +136,10 @@ class PGDTrainingConfig(DefenceConfig):
     Each batch is replaced by its PGD adversarial examples: ``loss = CE(f(x_adv), y)``.
     eps: ball radius in [0, 1] pixel units. steps: PGD iterations. step_size: per-step size in
     pixel units, None -> 2.5 * eps / steps. norm: 'linf' or 'l2'. random_start: start uniformly
-    inside the ball.
+    inside the ball. attack: the gradient attack of ``robustlab.attacks`` that crafts the
+    examples ('pgd', the default, is exactly the evaluation's PGD; 'apgd', 'mifgsm', 'ifgsm',
+    'fgsm' give APGD-, MI-FGSM-, ... adversarial training); its L2 form is used when
+    norm='l2'. The examples are crafted by the same code that evaluates the model.
     """
 
     name: ClassVar[str] = "pgd"
@@ -114,6 +151,7 @@ class PGDTrainingConfig(DefenceConfig):
     norm: str = "linf"
     random_start: bool = True
     warmup_epochs: int = 0
+    attack: str = "pgd"
 
     def _validate(self) -> None:
         norm = self._norm("norm", ("linf", "l2"))
@@ -122,10 +160,25 @@ class PGDTrainingConfig(DefenceConfig):
         self._optional_float("step_size")
         self._bool("random_start")
         self._int("warmup_epochs", 0)
+        crafting_attack_name(self.attack, norm)
 
     @property
     def effective_step_size(self) -> float:
         return default_step_size(self.eps, self.steps) if self.step_size is None else self.step_size
+
+    def crafting_attack(self) -> Any:
+        """The ``robustlab.attacks`` attack that crafts this defence's examples.
+
+        It draws its random start from the global RNG (``seed=None``), which the training
+        loop seeds per epoch, so training stays reproducible.
+        """
+        return build_crafting_attack(
+            crafting_attack_name(self.attack, self.norm),
+            eps=self.eps,
+            steps=self.steps,
+            abs_stepsize=self.effective_step_size,
+            random_start=self.random_start,
+        )
 
     def resolved(self) -> PGDTrainingConfig:
         return dataclasses.replace(self, step_size=self.effective_step_size)
@@ -158,6 +211,12 @@ class FastFGSMConfig(DefenceConfig):
     @property
     def effective_step_size(self) -> float:
         return 1.25 * self.eps if self.step_size is None else self.step_size
+
+    def crafting_attack(self) -> Any:
+        """One PGD step of ``step_size`` from a random start: ``robustlab.attacks``' 'pgd'."""
+        return build_crafting_attack(
+            "pgd", eps=self.eps, steps=1, abs_stepsize=self.effective_step_size, random_start=True
+        )
 
     def resolved(self) -> FastFGSMConfig:
         return dataclasses.replace(self, step_size=self.effective_step_size)

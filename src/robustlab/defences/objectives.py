@@ -96,29 +96,14 @@ class DefenceObjective(Generic[ConfigT]):
         return False
 
 
-def _cross_entropy_sum(y: Tensor):
-    # Summed, not averaged: each example's input gradient does not shrink with the batch size.
-    return lambda logits: F.cross_entropy(logits, y, reduction="sum")
-
-
 class PGDTraining(DefenceObjective[PGDTrainingConfig]):
     """Madry et al.: minimise the cross-entropy on PGD adversarial examples only."""
 
     config_type = PGDTrainingConfig
 
     def _craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        c = self.config
-        start = random_in_ball(x, c.eps, c.norm) if c.random_start else None
-        return perturb(
-            model,
-            x,
-            _cross_entropy_sum(y),
-            step_size=c.effective_step_size,
-            steps=c.steps,
-            norm=c.norm,
-            radius=c.eps,
-            start=start,
-        )
+        # the evaluation's own attack (robustlab.attacks), so training and evaluation agree
+        return self.config.crafting_attack()(model, x, y)
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(model(x_adv), y)
@@ -130,18 +115,7 @@ class FastFGSMTraining(DefenceObjective[FastFGSMConfig]):
     config_type = FastFGSMConfig
 
     def _craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        c = self.config
-        start = random_in_ball(x, c.eps, "linf")
-        return perturb(
-            model,
-            x,
-            _cross_entropy_sum(y),
-            step_size=c.effective_step_size,
-            steps=1,
-            norm="linf",
-            radius=c.eps,
-            start=start,
-        )
+        return self.config.crafting_attack()(model, x, y)
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(model(x_adv), y)

@@ -28,6 +28,7 @@ from torch import nn
 from robustlab.attacks import Attack, as_logits_model, get_attack, sweep
 from robustlab.errors import UserError
 from robustlab.evaluation.accuracy import model_device, predict_logits, require_eval_mode
+from robustlab.evaluation.grade import evaluation_grade
 from robustlab.evaluation.sanity import (
     Flag,
     curve_flags,
@@ -117,6 +118,7 @@ class Outcome:
     l2: torch.Tensor  # (E, N) float32
     linf: torch.Tensor  # (E, N) float32
     min_eps: torch.Tensor | None = None  # (N,) from minimum-norm attacks, inf = not found
+    stage: torch.Tensor | None = None  # (E, N) cascade member that fooled each image (autoattack)
     examples: dict[int, torch.Tensor] = field(default_factory=dict)
     example_probs: dict[int, torch.Tensor] = field(default_factory=dict)
 
@@ -158,6 +160,7 @@ def score_perturbations(
     keep = sorted(set(keep))
     preds, confs, l2s, linfs = [], [], [], []
     min_eps: list[torch.Tensor | None] = []
+    stages: list[torch.Tensor | None] = []
     examples: dict[int, torch.Tensor] = {}
     example_probs: dict[int, torch.Tensor] = {}
     for start in range(0, len(x), batch_size):
@@ -179,6 +182,7 @@ def score_perturbations(
             worst_case=worst_case,
         )
         min_eps.append(None if result.min_eps is None else result.min_eps.detach().float().cpu())
+        stages.append(None if result.stage is None else result.stage.cpu())
         batch_pred, batch_conf, batch_l2, batch_linf = [], [], [], []
         for e, adversarial in enumerate(result.adversarials):
             adversarial = adversarial.detach()
@@ -207,6 +211,7 @@ def score_perturbations(
         l2=torch.cat(l2s, dim=1),
         linf=torch.cat(linfs, dim=1),
         min_eps=None if any(m is None for m in min_eps) else torch.cat(min_eps),
+        stage=None if any(s is None for s in stages) else torch.cat(stages, dim=1),  # type: ignore[misc]
         examples=examples,
         example_probs=example_probs,
     )
@@ -232,6 +237,7 @@ class CurvesResult:
     unbounded_accuracy: float | None = None
     flags: list[dict[str, Any]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] | None = None  # robustlab.evaluation.grade.evaluation_grade
     outcomes: dict[str, Outcome] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -367,6 +373,7 @@ def robustness_curves(
                 "targeted": target_labels is not None,
             },
             outcomes=outcomes,
+            evaluation=evaluation_grade(attack, white.stage),
         )
         if sanity:
             flags: list[Flag] = output_flags(target, x, batch_size=batch_size)

@@ -29,6 +29,16 @@ from robustlab.evaluation.accuracy import model_device, predict_logits, require_
 
 log = logging.getLogger(__name__)
 
+# What to run instead when a flag fires (kept in ``details["remedy"]``; the report shows it).
+REMEDY_EOT = (
+    "attack with EOT: --set eot_samples=20 on apgd / apgd-t, or --attack autoattack "
+    "--set version=rand"
+)
+REMEDY_MASKED = (
+    "trust the gradient-free attack: --attack square or --attack autoattack (its Square member); "
+    "for a known non-differentiable step wrap the model in robustlab.attacks.BPDA"
+)
+
 Severity = Literal["error", "warning", "info"]
 
 
@@ -124,7 +134,13 @@ def curve_flags(
                         f"{what} ({curve['label']}) leaves {theirs:.2%} accuracy at eps={eps:.4g}, "
                         f"below the white-box attack's {ours:.2%}: the white-box attack is failing "
                         "(possible gradient masking)",
-                        {"curve": curve["label"], "eps": eps, "white_box": ours, "other": theirs},
+                        {
+                            "curve": curve["label"],
+                            "eps": eps,
+                            "white_box": ours,
+                            "other": theirs,
+                            "remedy": REMEDY_MASKED,
+                        },
                     )
                 )
                 break
@@ -157,7 +173,7 @@ def output_flags(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) ->
                 "warning",
                 f"two forward passes on the same images differ (max |Δ| = {difference:.3g}): the "
                 "model is randomised; gradient attacks need expectation over transformation (EOT)",
-                {"max_difference": difference},
+                {"max_difference": difference, "remedy": REMEDY_EOT},
             )
         )
     return flags
@@ -192,7 +208,7 @@ def gradient_flags(
                 "error",
                 f"{zero} of {n} inputs have an all-zero input gradient: gradient attacks cannot move "
                 "them (gradient masking, e.g. a non-differentiable input transform or saturated outputs)",
-                {"zero": zero, "n": n},
+                {"zero": zero, "n": n, "remedy": REMEDY_MASKED},
             )
         )
     if nonfinite:

@@ -124,7 +124,14 @@ def _check_flag(flag: Mapping[str, Any], where: str) -> dict[str, Any]:
     severity = flag.get("severity")
     if severity not in SEVERITIES:
         raise UserError(f"{where}: flag severity must be one of {SEVERITIES}, got {severity!r}")
-    return {"severity": severity, "code": flag.get("code", ""), "message": flag.get("message", "")}
+    details = flag.get("details")
+    remedy = details.get("remedy") if isinstance(details, Mapping) else None
+    return {
+        "severity": severity,
+        "code": flag.get("code", ""),
+        "message": flag.get("message", ""),
+        "remedy": remedy if isinstance(remedy, str) else None,
+    }
 
 
 def _image_src(path: Path, out_dir: Path, embed: bool) -> str | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from robustlab.errors import UserError
 from robustlab.io import read_json
+from robustlab.reporting.grade import grade_section
 from robustlab.reporting.html import (
     Figure,
     ReportSpec,
@@ -294,8 +295,10 @@ def build_report_spec(path: str | os.PathLike[str]) -> ReportSpec:
     for file in found(METRICS_FILE):
         if (data := _read(file, METRICS_FORMAT)) is not None:
             sections.append(metrics_section(data, file.parent, root, unique("clean-accuracy")))
+    graded: list[tuple[str, dict[str, Any]]] = []
     for file in found(CURVES_FILE):
         if (data := _read(file, CURVES_FORMAT)) is not None:
+            graded.append((f"{data['attack'].get('name')} on {data['target']}", data))
             sections.append(
                 curves_section(
                     data, file.parent, root, unique(f"robustness-{data['attack'].get('name')}")
@@ -312,6 +315,8 @@ def build_report_spec(path: str | os.PathLike[str]) -> ReportSpec:
     config_file = root / "config.json"
     if config_file.is_file() and (config := _read(config_file, RUN_FORMAT)) is not None:
         sections.insert(0, run_section(config))
+    if (grade := grade_section(graded)) is not None:  # first: how far to trust what follows
+        sections.insert(0, grade)
     return ReportSpec(
         title=f"robustlab report: {root.resolve().name}",
         subtitle=str(root.resolve()),

@@ -1,0 +1,139 @@
+"""Square Attack: score-based random search with square-shaped updates (Linf).
+
+Andriushchenko, Croce, Flammarion & Hein, "Square Attack: a query-efficient black-box
+adversarial attack via random search", ECCV 2020, https://arxiv.org/abs/1912.00049.
+Threat model: black-box (scores only: it never takes a gradient, so no gradient masking can
+fool it), Linf ball of radius ``eps`` in [0, 1] pixel units, untargeted or targeted, at most
+``queries`` model evaluations per image.
+
+Start: vertical stripes of +-eps (one random sign per column and channel). Each query: for
+every image still standing, a random square window (its side shrinks on a fixed schedule from
+``sqrt(p_init)`` of the image side) is set to +-eps per channel around the clean image; the
+candidate is kept when it lowers the margin loss (or already fools the model). Images leave
+as soon as they are fooled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import Tensor
+
+from robustlab.attacks.base import (
+    ModelView,
+    check_choice,
+    check_steps,
+    is_success,
+    objective,
+)
+from robustlab.attacks.batched import BatchedAttack
+from robustlab.errors import check_range
+
+SQUARE_LOSSES = ("margin", "ce")
+# the paper's schedule: p halves at these iterations (of a 10000-query budget, rescaled)
+_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
+
+
+def square_fraction(p_init: float, query: int, budget: int) -> float:
+    """Fraction of the image a square covers at ``query`` (of ``budget``), as in the paper."""
+    step = int(query / budget * 10000)
+    return p_init / 2 ** sum(step > mark for mark in _HALVINGS)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Square(BatchedAttack):
+    """Square Attack, Linf (Andriushchenko et al. 2020); gradient-free, per-image squares.
+
+    Args:
+        eps: Linf radius in [0, 1] pixel units.
+        queries: model evaluations per image (>= 1; AutoAttack: 5000), the first being the
+            stripe initialisation.
+        p_init: initial fraction of the image's pixels a square covers (0, 1]; 0.8 in AutoAttack.
+        loss: 'margin' (logit of the label minus the best other: the paper's) or 'ce'.
+    """
+
+    name = "square"
+    norm = "linf"
+
+    eps: float = 8 / 255
+    queries: int = 5000
+    p_init: float = 0.8
+    loss: str = "margin"
+
+    def _validate(self) -> None:
+        check_choice(self._field("loss"), self.loss, SQUARE_LOSSES)
+        super()._validate()
+        check_steps(self._field("queries"), self.queries)
+        check_range(self._field("p_init"), self.p_init, 0.0, 1.0, low_inclusive=False)
+
+    def _score(
+        self, view: ModelView, x_adv: Tensor, y: Tensor, target: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """``(loss to minimise, pred)`` per sample: one query."""
+        logits = view(x_adv)
+        return -objective(logits, y, target, self.loss), logits.argmax(1)
+
+    def _square(
+        self, x: Tensor, eps: Tensor, fraction: float, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor]:
+        """One random square per image: ``(mask (A, 1, H, W), value (A, C, 1, 1))``."""
+        batch, channels, height, width = x.shape
+        side = round(math.sqrt(fraction * height * width))
+        side = min(max(side, 1), max(min(height, width) - 1, 1))
+        kwargs = {"generator": generator, "device": x.device}
+        top = torch.randint(0, height - side + 1, (batch, 1), **kwargs)
+        left = torch.randint(0, width - side + 1, (batch, 1), **kwargs)
+        rows = torch.arange(height, device=x.device)[None]
+        cols = torch.arange(width, device=x.device)[None]
+        inside_rows = (rows >= top) & (rows < top + side)  # (A, H)
+        inside_cols = (cols >= left) & (cols < left + side)  # (A, W)
+        mask = (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]
+        signs = _random_signs((batch, channels, 1, 1), x, generator)
+        return mask, signs * eps
+
+    def _perturb(
+        self,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        eps: Tensor,
+        generator: torch.Generator | None,
+        stop_on_success: bool,
+    ) -> tuple[Tensor, Tensor]:
+        stripes = _random_signs((x.shape[0], x.shape[1], 1, x.shape[3]), x, generator)
+        with torch.no_grad():
+            best = (x + eps * stripes).clamp_(0.0, 1.0)
+            best_loss, pred = self._score(view, best, y, target)
+            for query in range(1, self.queries):
+                todo = (~is_success(pred, y, target)).nonzero().squeeze(1)
+                if not todo.numel():
+                    break
+                sub_x, sub_eps = x[todo], eps[todo]
+                fraction = square_fraction(self.p_init, query, self.queries)
+                mask, value = self._square(sub_x, sub_eps, fraction, generator)
+                candidate = torch.where(mask, sub_x + value, best[todo])
+                candidate = torch.minimum(
+                    torch.maximum(candidate, sub_x - sub_eps), sub_x + sub_eps
+                )
+                candidate.clamp_(0.0, 1.0)
+                sub_t = None if target is None else target[todo]
+                loss, new_pred = self._score(view, candidate, y[todo], sub_t)
+                keep = (loss < best_loss[todo]) | is_success(new_pred, y[todo], sub_t)
+                chosen = todo[keep]
+                best[chosen], best_loss[chosen], pred[chosen] = (
+                    candidate[keep],
+                    loss[keep],
+                    new_pred[keep],
+                )
+        return best, pred
+
+
+def _random_signs(
+    shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None
+) -> Tensor:
+    """Uniform +-1 of ``shape``, in ``like``'s dtype and device."""
+    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+    return bits.to(like.dtype).mul_(2).sub_(1)
