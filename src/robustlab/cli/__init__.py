@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from robustlab.allocator import reexec_with_tcmalloc
 from robustlab.errors import UserError
 
-COMMANDS = ("data", "models", "train", "evaluate", "attack", "report", "run")
+COMMANDS = ("data", "models", "train", "evaluate", "attack", "report", "run", "import")
+MODULES = {"import": "import_"}  # a command named like a Python keyword
 EXIT_USER_ERROR = 2
 
 
@@ -47,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"robustlab.cli.{name}")
+            module = importlib.import_module(f"robustlab.cli.{MODULES.get(name, name)}")
         except ModuleNotFoundError as error:
-            if error.name != f"robustlab.cli.{name}":
+            if error.name != f"robustlab.cli.{MODULES.get(name, name)}":
                 raise
             continue  # command not built yet
         module.register(subparsers)
