@@ -78,7 +78,7 @@ def write_dataset(path: Path, model: nn.Module, n: int = 96) -> Path:
     with torch.no_grad():
         labels = model(images).argmax(1)
     np.savez(path, images=images.permute(0, 2, 3, 1).numpy(), labels=labels.numpy(),
-             classes=np.array(CLASSES))
+             class_names=np.array(CLASSES))
     return path
 
 

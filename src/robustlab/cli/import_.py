@@ -34,7 +34,7 @@ def register(subparsers: Any) -> None:
     group.add_argument("--input-channels", type=int, choices=(1, 3), help="default: from the file, else 3")
     group.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb")
     group.add_argument("--pixel-scale", choices=("0-1", "0-255", "-1-1"), default="0-1",
-                       help="pixel range the model was trained on (default 0-1)")
+                       help="pixel range the model was trained on (default 0-1; write --pixel-scale=-1-1)")
     group.add_argument("--mean", help="per-channel mean in the model's pixel scale, e.g. 123.7,116.3,103.5")
     group.add_argument("--std", help="per-channel std in the model's pixel scale")
     group.add_argument("--layout", choices=("nchw", "nhwc"), help="default: from the file")
