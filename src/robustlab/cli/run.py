@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     study = resolve_data(study, args.data_dir)
     out: Path = args.out or Path("runs") / study.name
+    args.out = out  # where --track finds the results
     results = run_study(
         study, out, data_dir=args.data_dir, restart=args.restart, progress=show_progress()
     )
