@@ -75,6 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     try:
+        if getattr(args, "device", None) is not None:
+            from robustlab.devices import resolve_device
+
+            args.device = str(resolve_device(args.device))
         if getattr(args, "track", None):
             from robustlab.tracking import check_tracker
 
