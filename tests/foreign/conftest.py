@@ -17,6 +17,7 @@ os.environ["KERAS_BACKEND"] = "torch"  # before anything imports keras
 
 from robustlab.models import ModelSpec, create_model
 
+REPO_README = Path(__file__).resolve().parents[2] / "README.md"
 CLASSES = ["cat", "dog", "fox"]
 SIZE = 16
 
