@@ -176,7 +176,9 @@ def _convert_onnx(path: Path, model: Any) -> nn.Module:
     except Exception:  # the downgrade or its conversion failed: report the original operator
         found = re.search(r"operation_type='([^']+)', version=(\d+)", str(first_error))
         what = f"{found[1]} (opset {found[2]})" if found else _first_line(first_error)
-        raise UserError(f"{path}: ONNX operator {what} cannot be converted to torch") from None
+        hint = (f"; onnx2torch converts opsets <= {_FALLBACK_OPSET}: re-export with "
+                f"opset_version={_FALLBACK_OPSET}" if found and int(found[2]) > _FALLBACK_OPSET else "")
+        raise UserError(f"{path}: ONNX operator {what} cannot be converted to torch{hint}") from None
 
 
 def _onnx_input_facts(model: Any, loaded: LoadedNet) -> None:
@@ -240,6 +242,8 @@ def _read_torchscript(path: Path, head: bytes, strip_softmax: bool) -> LoadedNet
 def import_keras() -> Any:
     """Keras 3 on its torch backend (the backend is fixed when keras is first imported)."""
     os.environ["KERAS_BACKEND"] = "torch"
+    # like every robustlab model, load on the CPU; KerasNet follows the input's device later
+    os.environ.setdefault("KERAS_TORCH_DEVICE", "cpu")
     keras = _require("keras", "Keras")
     if keras.backend.backend() != "torch":
         raise UserError(f"keras was imported with the {keras.backend.backend()} backend before "
@@ -342,7 +346,12 @@ class KerasNet(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, training=False)
+        import keras
+
+        # Keras creates its own tensors on its current device: make that the input's
+        where = "cpu" if x.device.type == "cpu" else f"gpu:{x.device.index or 0}"
+        with keras.device(where):
+            return self.model(x, training=False)
 
 
 # ----------------------------------------------------------------------------- helpers
