@@ -54,8 +54,7 @@ class TensorBoardTracker(Tracker):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise UserError("--track tensorboard needs the 'track' extra: "
-                            "pip install 'robustlab[track]'") from None
+            raise _missing_extra("tensorboard") from None
         self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
@@ -112,8 +111,7 @@ def _mlflow_experiment(uri: str | None) -> tuple[Any, str, str]:
     try:
         from mlflow import MlflowClient
     except ImportError:
-        raise UserError("--track mlflow needs the 'track' extra: "
-                        "pip install 'robustlab[track]'") from None
+        raise _missing_extra("mlflow") from None
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or (Path.cwd() / "mlruns").as_uri()
     if uri.startswith("file:") or "://" not in uri:
         # MLflow 3 keeps its file store only behind this opt-in; it is the lean default here
@@ -138,8 +136,11 @@ def check_tracker(kind: str, uri: str | None = None) -> None:
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise UserError("--track tensorboard needs the 'track' extra: "
-                            "pip install 'robustlab[track]'") from None
+            raise _missing_extra("tensorboard") from None
+
+
+def _missing_extra(kind: str) -> UserError:
+    return UserError(f"--track {kind} needs the 'track' extra: pip install 'robustlab[track]'")
 
 
 def _mlflow_key(key: str) -> str:
