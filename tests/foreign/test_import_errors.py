@@ -97,14 +97,15 @@ def test_keras_custom_object_is_named(foreign, capsys):
     assert "Doubler" in err
 
 
-def test_keras_lambda_is_refused_in_safe_mode(foreign, capsys):
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_keras_lambda_is_refused_in_safe_mode(foreign, capsys, suffix):
     import keras
 
     marker = foreign.tmp / "pwned"
     inputs = keras.Input((16, 16, 3))
     x = keras.layers.Lambda(lambda t: t * 2)(inputs)
     outputs = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(x))
-    path = foreign.tmp / "lambda.keras"
+    path = foreign.tmp / f"lambda{suffix}"
     keras.Model(inputs, outputs).save(path)
     err = _refused(foreign, capsys, path)
     assert "Lambda" in err and not marker.exists()
