@@ -237,13 +237,17 @@ def sweep_dataset(
     if images.shape[0] == 0:
         return sweep(attack, model, images, labels, epsilons, target=target_t)
 
+    from robustlab.devices import pin_for, to_device
+
+    images, labels = pin_for(images, device), pin_for(labels, device)  # async batch copies
+
     def run_batch(part: slice) -> dict[str, Any]:
         batch_target = None if target_t is None else target_t[part].to(device)
         result = sweep(
             attack,
             model,
-            images[part].to(device),
-            labels[part].to(device),
+            to_device(images[part], device),
+            to_device(labels[part], device),
             epsilons,
             target=batch_target,
             keep_adversarials=keep_adversarials,

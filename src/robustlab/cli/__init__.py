@@ -23,7 +23,8 @@ from collections.abc import Sequence
 from robustlab.allocator import reexec_with_tcmalloc
 from robustlab.errors import UserError
 
-COMMANDS = ("data", "models", "train", "evaluate", "attack", "report", "run")
+COMMANDS = ("data", "models", "train", "evaluate", "attack", "report", "run", "import")
+MODULES = {"import": "import_"}  # a command named like a Python keyword
 EXIT_USER_ERROR = 2
 
 
@@ -48,12 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"robustlab.cli.{name}")
+            module = importlib.import_module(f"robustlab.cli.{MODULES.get(name, name)}")
         except ModuleNotFoundError as error:
-            if error.name != f"robustlab.cli.{name}":
+            if error.name != f"robustlab.cli.{MODULES.get(name, name)}":
                 raise
             continue  # command not built yet
         module.register(subparsers)
+    from robustlab.cli.track import TRACKED, add_tracking_args
+
+    for name in TRACKED:
+        if name in subparsers.choices:
+            add_tracking_args(subparsers.choices[name])
     return parser
 
 
@@ -77,6 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     try:
+        if getattr(args, "device", None) is not None:
+            from robustlab.devices import resolve_device
+
+            args.device = str(resolve_device(args.device))
+        if getattr(args, "track", None):
+            from robustlab.tracking import check_tracker
+
+            check_tracker(args.track, args.track_uri)  # before any work, not after it
         if args.nproc is not None and not launched:
             from robustlab.distributed import launch, strip_nproc
 
@@ -87,10 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(__name__).warning(
                 "'robustlab %s' runs on one process; the other ranks stay idle", args.command
             )
-            return int(args.func(args) or 0)
-        if launched:
-            return _run_distributed(args)
-        return int(args.func(args) or 0)
+            code = int(args.func(args) or 0)
+        else:
+            code = _run_distributed(args) if launched else int(args.func(args) or 0)
+        if code == 0 and rank == 0 and getattr(args, "track", None):
+            from robustlab.cli.track import track_command
+
+            track_command(args)
+        return code
     except UserError as error:
         if launched and _left_for_launcher(str(error)):
             return EXIT_USER_ERROR

@@ -71,7 +71,7 @@ def register(subparsers: Any) -> None:
         help="do not keep or write the adversarial images (faster: fooled samples stop early)",
     )
     parser.add_argument("--data-dir", type=Path, help="data directory (default: see data docs)")
-    parser.add_argument("--device", default="cpu", help="torch device (cpu)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument(
         "--overwrite",

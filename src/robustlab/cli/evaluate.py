@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_dir(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch (128)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (cpu)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
     group = parser.add_argument_group("robustness (with --attack)")
     group.add_argument("--attack", help="attack name: fgsm, ifgsm, pgd, pgd-l2, mifgsm, cw-l2, ...")
     group.add_argument(

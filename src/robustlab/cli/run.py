@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(dump_yaml(to_plain(study.config)), end="")
         return 0
     out: Path = args.out or Path("runs") / study.name
+    args.out = out  # where --track finds the results
     check_writable(out)
     study = resolve_data(study, args.data_dir)
     with claim_output(out):

@@ -58,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
     parser.set_defaults(func=run, distributed=True)  # DDP under torchrun / --nproc
 
 
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
             defence=defence,
             data_dir=args.data_dir,
             progress=show_progress(),
+            device=args.device,
         )
         if replacement is not None:
             replacement.commit()  # the old run is replaced only by a finished one

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks import as_logits_model
+from robustlab.devices import to_device
 from robustlab.errors import UserError
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def predict_logits(
     forward = as_logits_model(model)
     device = model_device(model)
     outputs = [
-        forward(images[start : start + batch_size].to(device)).float().cpu()
+        forward(to_device(images[start : start + batch_size], device)).float().cpu()
         for start in range(0, len(images), batch_size)
     ]
     if not outputs:

@@ -67,7 +67,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory not found: {run_dir}")
-    if not (run_dir / WEIGHTS_FILE).is_file():
+    if not (run_dir / WEIGHTS_FILE).is_file() and not _imported(run_dir):
         raise UserError(f"{run_dir} is not a run directory (no {WEIGHTS_FILE})")
     config = read_json(run_dir / CONFIG_FILE, what="run config")
     if not isinstance(config, dict) or config.get("format") != FORMAT:
@@ -83,10 +83,19 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return validate_record(config, RunConfigFile, str(run_dir / CONFIG_FILE))
 
 
+def _imported(run_dir: Path) -> bool:
+    """A run made by `robustlab import`: a copy of a foreign model file instead of weights."""
+    return any((run_dir / f"model{suffix}").is_file() for suffix in (".onnx", ".keras", ".h5", ".pt"))
+
+
 def load_checkpoint(run_dir: str | Path) -> tuple[ImageClassifier, dict[str, Any]]:
     """Rebuild a saved classifier (in eval mode, on CPU) and return it with its run config."""
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
+    if "foreign" in config:
+        from robustlab.models.foreign import load_foreign
+
+        return load_foreign(run_dir, config), config
     spec = dataclasses.replace(ModelSpec.from_dict(config["model"]), pretrained=None)
     model = create_model(spec)
     state = read_safetensors(run_dir / WEIGHTS_FILE)

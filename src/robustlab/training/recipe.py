@@ -42,6 +42,7 @@ def train_run(
     defence: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
     progress: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Train a classifier and write ``RUN_DIR`` (weights, config, history); return its metrics.
 
@@ -50,6 +51,7 @@ def train_run(
     Started again after a crash, the run resumes from its last finished epoch; started again
     with other settings, it is refused (``UserError`` naming the first difference).
     Under torchrun every rank trains (DDP) and only rank 0 writes ``RUN_DIR``.
+    ``device``: where the model and the train/val images live while training (one copy each).
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
@@ -69,13 +71,13 @@ def train_run(
         model_spec, num_classes=len(splits.train.classes), in_chans=channels, input_size=size
     )
     torch.manual_seed(config.seed)
-    model = create_model(model_spec)
+    model = create_model(model_spec).to(device)
 
     start = time.perf_counter()
     history = fit(
         model,
-        (splits.train.images, splits.train.labels),
-        (splits.val.images, splits.val.labels),
+        (splits.train.images.to(device), splits.train.labels.to(device)),
+        (splits.val.images.to(device), splits.val.labels.to(device)),
         config,
         objective,
         state_dir=run_dir,
@@ -144,8 +146,9 @@ def accuracy(
     if len(labels) == 0:
         return float("nan")
     correct = 0
+    device = next(iter(model.parameters())).device
     with eval_mode(model):
         for start in range(0, len(labels), batch_size):
-            logits = model(images[start : start + batch_size])
-            correct += (logits.argmax(1) == labels[start : start + batch_size]).sum().item()
+            logits = model(images[start : start + batch_size].to(device))
+            correct += (logits.argmax(1).cpu() == labels[start : start + batch_size].cpu()).sum().item()
     return correct / len(labels)
