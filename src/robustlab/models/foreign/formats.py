@@ -103,6 +103,7 @@ def _read_onnx(path: Path, head: bytes, strip_softmax: bool) -> LoadedNet:
         graph.output[0].name = last.input[0]
         graph.node.remove(last)
     _explicit_same_padding(model)
+    _constants_as_initializers(model)
     loaded = LoadedNet(_convert_onnx(path, model), ends_in_softmax=ends_in_softmax)
     _onnx_input_facts(model, loaded)
     return loaded
@@ -159,6 +160,26 @@ def _explicit_same_padding(model: Any) -> None:
         node.attribute.extend([onnx.helper.make_attribute("pads", begin + end)])
 
 
+def _constants_as_initializers(model: Any) -> None:
+    """Constant nodes -> initializers: onnx2torch takes a Clip's min/max (ReLU6) and similar
+    operands as fixed only when they are initializers, not Constant outputs. Trailing empty
+    (omitted) optional inputs are dropped too, which onnx2torch would look up by name."""
+    import onnx
+
+    for node in model.graph.node:
+        while len(node.input) and node.input[-1] == "":
+            node.input.pop()
+    for node in list(model.graph.node):
+        values = {a.name: a for a in node.attribute}
+        if node.op_type != "Constant" or "value" not in values:
+            continue
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(values["value"].t)
+        tensor.name = node.output[0]
+        model.graph.initializer.append(tensor)
+        model.graph.node.remove(node)
+
+
 def _convert_onnx(path: Path, model: Any) -> nn.Module:
     """onnx2torch's module for ``model``; an opset newer than onnx2torch knows is first
     rewritten to opset 17 by onnx's own version converter (same graph, older operator versions)."""
@@ -175,10 +196,13 @@ def _convert_onnx(path: Path, model: Any) -> nn.Module:
         return convert(onnx.version_converter.convert_version(model, _FALLBACK_OPSET))
     except Exception:  # the downgrade or its conversion failed: report the original operator
         found = re.search(r"operation_type='([^']+)', version=(\d+)", str(first_error))
-        what = f"{found[1]} (opset {found[2]})" if found else _first_line(first_error)
+        if not found:
+            raise UserError(f"{path}: cannot convert the ONNX graph to torch: "
+                            f"{_first_line(first_error)}") from None
         hint = (f"; onnx2torch converts opsets <= {_FALLBACK_OPSET}: re-export with "
-                f"opset_version={_FALLBACK_OPSET}" if found and int(found[2]) > _FALLBACK_OPSET else "")
-        raise UserError(f"{path}: ONNX operator {what} cannot be converted to torch{hint}") from None
+                f"opset_version={_FALLBACK_OPSET}" if int(found[2]) > _FALLBACK_OPSET else "")
+        raise UserError(f"{path}: ONNX operator {found[1]} (opset {found[2]}) cannot be "
+                        f"converted to torch{hint}") from None
 
 
 def _onnx_input_facts(model: Any, loaded: LoadedNet) -> None:
