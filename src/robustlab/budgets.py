@@ -35,7 +35,7 @@ class Budgets:
     activation_bytes: int = 2 << 30  # float32 activations of one image through the model
     epochs: int = 100_000  # training epochs
     steps: int = 1_000_000  # iterations of one attack
-    nproc: int = field(default_factory=lambda: os.cpu_count() or 1)  # processes of one run
+    nproc: int = field(default_factory=lambda: max(2, os.cpu_count() or 1))  # one per core, >= 2
 
 
 def env_name(field: str) -> str:

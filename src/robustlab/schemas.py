@@ -178,21 +178,36 @@ class AdversarialsFile(Versioned):
     images: list[SavedAdversarial]
 
 
+def _where(loc: tuple[Any, ...]) -> str:
+    """``('curves', 0, 'accuracy')`` -> ``curves[0].accuracy``."""
+    text = ""
+    for part in loc:
+        name = _shown(part)
+        text += f"[{part}]" if isinstance(part, int) else (f".{name}" if text else name)
+    return text
+
+
+def _shown(key: Any) -> str:
+    """A key as it can stand in a one-line message (a newline in a planted key is escaped)."""
+    key = str(key)
+    return key if key.isprintable() else repr(key)[1:-1]
+
+
 def describe(error: ValidationError) -> str:
     """The first problem as ``field a.b[0].c: message``, with a count of the others."""
     problems = error.errors(include_url=False)
     first = problems[0]
-    where = ""
-    for part in first["loc"]:
-        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    loc = tuple(first["loc"])
+    parent = f" in {_where(loc[:-1])}" if len(loc) > 1 else ""
     if first["type"] == "extra_forbidden":
-        text = f"unknown key '{first['loc'][-1]}'"
+        text = f"unknown key '{_shown(loc[-1])}'{parent}"
     elif first["type"] == "missing":
-        text = f"missing key '{first['loc'][-1]}'"
+        text = f"missing key '{_shown(loc[-1])}'{parent}"
     else:
         got = first.get("input")
         shown = "" if isinstance(got, dict | list) else f" (got {str(got)[:60]!r})"
-        text = f"field {where or 'top level'}: {first['msg'][:160]}{shown}"
+        message = " ".join(first["msg"][:160].split())
+        text = f"field {_where(loc) or 'top level'}: {message}{shown}"
     more = len(problems) - 1
     return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 

@@ -189,7 +189,7 @@ def test_absurd_epochs_steps_and_processes_are_refused() -> None:
     with pytest.raises(UserError, match=r"pgd.steps.*ROBUSTLAB_MAX_STEPS"):
         get_attack("pgd", steps=10**12)
     with pytest.raises(UserError, match=r"--nproc.*ROBUSTLAB_MAX_NPROC"):
-        launch((os.cpu_count() or 1) + 1, ["models"])
+        launch(budgets().nproc + 1, ["models"])
 
 
 def test_budgets_come_from_the_environment(monkeypatch) -> None:

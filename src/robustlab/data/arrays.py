@@ -103,13 +103,13 @@ def read_npy_stream(handle: IO[bytes], available: int, what: str) -> np.ndarray:
     for dim in shape:
         count *= int(dim)
     nbytes = count * dtype.itemsize
-    # Before a byte is read or decompressed: an npz of zeros inflates 1000-fold.
-    check_budget("array_bytes", nbytes, f"{what}: its array data", " bytes")
     if nbytes > available:
         raise UserError(
             f"{what} is truncated or corrupt: its header promises {nbytes} bytes of data, "
             f"the file holds at most {available}"
         )
+    # Before a byte is read or decompressed: an npz of zeros inflates 1000-fold.
+    check_budget("array_bytes", nbytes, f"{what}: its array data", " bytes")
     try:
         data = handle.read(nbytes)
     except READ_ERRORS as error:
