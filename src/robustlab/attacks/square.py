@@ -108,21 +108,21 @@ class Square(BatchedAttack):
         with torch.no_grad():
             best = (x + eps * stripes).clamp_(0.0, 1.0)
             best_loss, pred = self._score(view, best, y, target)
+            todo = torch.empty(0, dtype=torch.long, device=x.device)
             for query in range(1, self.queries):
-                todo = (~is_success(pred, y, target)).nonzero().squeeze(1)
-                if not todo.numel():
+                standing = (~is_success(pred, y, target)).nonzero().squeeze(1)
+                if not standing.numel():
                     break
-                sub_x, sub_eps = x[todo], eps[todo]
+                if standing.shape != todo.shape:  # the set only shrinks: refresh on change
+                    todo = standing
+                    sub_x, sub_y, sub_eps = x[todo], y[todo], eps[todo]
+                    sub_t = None if target is None else target[todo]
                 fraction = square_fraction(self.p_init, query, self.queries)
                 mask, value = self._square(sub_x, sub_eps, fraction, generator)
-                candidate = torch.where(mask, sub_x + value, best[todo])
-                candidate = torch.minimum(
-                    torch.maximum(candidate, sub_x - sub_eps), sub_x + sub_eps
-                )
-                candidate.clamp_(0.0, 1.0)
-                sub_t = None if target is None else target[todo]
-                loss, new_pred = self._score(view, candidate, y[todo], sub_t)
-                keep = (loss < best_loss[todo]) | is_success(new_pred, y[todo], sub_t)
+                # the window is x +- eps (inside the ball), the rest is the best point so far
+                candidate = torch.where(mask, (sub_x + value).clamp_(0.0, 1.0), best[todo])
+                loss, new_pred = self._score(view, candidate, sub_y, sub_t)
+                keep = (loss < best_loss[todo]) | is_success(new_pred, sub_y, sub_t)
                 chosen = todo[keep]
                 best[chosen], best_loss[chosen], pred[chosen] = (
                     candidate[keep],
