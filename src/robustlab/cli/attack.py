@@ -230,7 +230,9 @@ def run(args: argparse.Namespace) -> int:
         "data": config.get("data"),
     }
     if distributed.is_main():
-        write_results(args.out, job.attack, result, labels, indices, context, seconds, target)
+        write_results(
+            args.out, job.attack, result, labels, indices, context, seconds, target, len(classes)
+        )
         store.clear()
         for eps, accuracy in zip(job.epsilons, result.accuracy(), strict=True):
             logger.info("eps %.4g: robust accuracy %.4f", eps, accuracy)
@@ -285,6 +287,7 @@ def write_results(
     context: dict[str, Any],
     seconds: float,
     target: int | None,
+    classes: int | None = None,
 ) -> None:
     """Write ``adversarials.safetensors`` (when kept) and then ``attack.json`` into ``out``.
 
@@ -328,7 +331,7 @@ def write_results(
         "format_version": 1,
         "robustlab_version": _version(),
         "attack": {"name": attack.name, "norm": attack.norm, "settings": attack.settings()},
-        "evaluation": evaluation_grade(attack, result.stage),
+        "evaluation": evaluation_grade(attack, result.stage, classes),
         "epsilons": list(result.epsilons),
         **summarise(attack, result, labels, seconds),
         "adversarials_file": adversarials_file,
