@@ -22,6 +22,7 @@ FAST: dict[str, dict] = {
     "autoattack": {"steps": 4, "top_k": 2, "queries": 20},
     "fab": {"steps": 5, "top_k": 2},
     "square": {"queries": 20},
+    "square-l2": {"queries": 20},
     "cw-l2": {"steps": 25, "binary_search_steps": 4, "initial_const": 0.1, "lr": 0.05},
     "filter": {"iterations": 25},
     "ifgsm": {"steps": 5},

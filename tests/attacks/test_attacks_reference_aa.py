@@ -342,3 +342,21 @@ def test_bpda_restores_the_gradient_of_a_quantiser(model, batch):
     leaf = x.clone().requires_grad_(True)
     F.cross_entropy(wrapped(leaf), y).backward()
     assert leaf.grad.abs().max() > 0  # the straight-through gradient is back
+
+
+def test_autoattack_on_a_two_class_model_skips_apgd_t_and_says_so(batch):
+    from robustlab.attacks import sweep
+    from robustlab.evaluation.grade import evaluation_grade
+
+    x, _ = batch
+    model = make_model(classes=2)
+    y = model(x).argmax(1)
+    attack = get_attack("autoattack", eps=0.05, steps=3, queries=10)
+    result = sweep(attack, model, x, y, [0.02, 0.05], keep_adversarials=False)
+    grade = evaluation_grade(attack, result.stage, classes=2)
+    assert not grade["standard_autoattack"]
+    assert [m["skipped"] for m in grade["attacks"]] == [False, True, False, False]
+    after = grade["robust_after"]
+    assert after[1]["robust_accuracy"] == after[0]["robust_accuracy"]  # APGD-T did not run
+    assert after[-1]["robust_accuracy"] == result.accuracy()
+    assert evaluation_grade(get_attack("autoattack"), classes=10)["standard_autoattack"]

@@ -22,7 +22,16 @@ from robustlab.errors import UserError
 def test_registry_lists_every_attack():
     names = list_attacks()
     expected = {"fgsm", "ifgsm", "pgd", "pgd-l2", "mifgsm", "filter", "cw-l2", "minimal"}
-    evaluation = {"apgd", "apgd-l2", "apgd-t", "apgd-t-l2", "square", "fab", "autoattack"}
+    evaluation = {
+        "apgd",
+        "apgd-l2",
+        "apgd-t",
+        "apgd-t-l2",
+        "square",
+        "square-l2",
+        "fab",
+        "autoattack",
+    }
     assert expected | {"sign-noise", "gaussian-noise"} | evaluation == set(names)
     for name in names:
         attack = get_attack(name)

@@ -180,7 +180,9 @@ class APGD(BatchedAttack):
         min_window, shrink = max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
         for i in range(self.steps):
             if stop:
-                state = state.select(~fooled[state.idx])
+                done = fooled[state.idx]
+                if done.any():  # copying the state costs; only when someone leaves
+                    state = state.select(~done)
                 if not len(state.idx):
                     break
             with torch.no_grad():

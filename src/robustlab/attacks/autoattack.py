@@ -82,8 +82,11 @@ class AutoAttack(BatchedAttack):
         check_steps(self._field("queries"), self.queries)
         check_int(self._field("eot_samples"), self.eot_samples, 1)
 
-    def members(self, classes: int | None = None) -> list[tuple[str, Attack]]:
-        """The cascade's ``(stage name, attack)`` pairs, in order, at this attack's eps."""
+    def members(self, classes: int | None = None) -> list[tuple[str, Attack | None]]:
+        """The cascade's ``(stage name, attack)`` pairs, in order, at this attack's eps.
+
+        With ``classes`` (the model's), members that cannot apply to it are ``None`` (skipped).
+        """
         top_k = self.top_k if classes is None else max(1, min(self.top_k, classes - 1))
         common: dict[str, Any] = {"eps": self.eps, "seed": self.seed, "train_mode": "keep"}
         apgd = {**common, "steps": self.steps}
@@ -95,13 +98,13 @@ class AutoAttack(BatchedAttack):
         targeted = APGDTargeted(**apgd, top_k=top_k)
         fab = FAB(**apgd, top_k=top_k, restarts=5 if self.version == "plus" else 1)
         square = Square(**common, queries=self.queries)
-        if classes is not None and classes < 4:
+        if classes is not None and classes < 4:  # kept as None so stage indices stay aligned
             logger.warning(
-                "autoattack: APGD-T is left out on a %d-class model (targeted DLR needs >= 4 "
+                "autoattack: APGD-T is skipped on a %d-class model (targeted DLR needs >= 4 "
                 "classes); this is not a standard AutoAttack evaluation",
                 classes,
             )
-            return [("APGD-CE", APGD(**apgd)), ("FAB-T", fab), ("Square", square)]
+            return [("APGD-CE", APGD(**apgd)), ("APGD-T", None), ("FAB-T", fab), ("Square", square)]
         if self.version == "plus":
             return [
                 ("APGD-CE", APGD(**apgd, loss="ce", restarts=5)),
@@ -116,22 +119,24 @@ class AutoAttack(BatchedAttack):
         """Names of the members, in cascade order (``ModelView.stage`` indexes this list)."""
         return [name for name, _ in self.members()]
 
-    def grade(self) -> dict[str, Any]:
+    def grade(self, classes: int | None = None) -> dict[str, Any]:
         """What this evaluation ran: members with their steps/restarts/queries, and whether it
-        is the standard AutoAttack evaluation (reference settings)."""
+        is the standard AutoAttack evaluation (reference settings, every member applied)."""
         members = []
-        for stage, attack in self.members():
+        for (stage, attack), (_, applied) in zip(
+            self.members(), self.members(classes), strict=True
+        ):
             budget = {
                 key: getattr(attack, key)
                 for key in ("steps", "restarts", "top_k", "queries", "eot_samples")
                 if hasattr(attack, key)
             }
-            members.append({"name": stage, "attack": attack.name, **budget})
-        standard = self.version == "standard" and (self.steps, self.top_k, self.queries) == (
-            100,
-            9,
-            5000,
-        )
+            members.append(
+                {"name": stage, "attack": attack.name, **budget, "skipped": applied is None}
+            )  # type: ignore[union-attr]
+        reference = (self.steps, self.top_k, self.queries) == (100, 9, 5000)
+        every = not any(member["skipped"] for member in members)
+        standard = self.version == "standard" and reference and every
         return {"suite": f"autoattack-{self.version}", "members": members, "standard": standard}
 
     def _perturb(
@@ -157,6 +162,8 @@ class AutoAttack(BatchedAttack):
             todo = (stage == ROBUST).nonzero().squeeze(1)
             if not todo.numel():
                 break
+            if member is None:
+                continue
             sub_t = None if target is None else target[todo]
             adv, adv_pred = member._perturb(
                 view, x[todo], y[todo], sub_t, eps[todo], generator, True

@@ -23,7 +23,7 @@ from robustlab.attacks.filter import FilterAttack
 from robustlab.attacks.iterative import IFGSM, MIFGSM, PGD, PGDL2
 from robustlab.attacks.minimal import MinimalEps
 from robustlab.attacks.noise import GaussianNoise, SignNoise
-from robustlab.attacks.square import Square
+from robustlab.attacks.square import Square, SquareL2
 from robustlab.errors import UserError, unknown_name
 
 ATTACKS: dict[str, type[Attack]] = {
@@ -44,6 +44,7 @@ ATTACKS: dict[str, type[Attack]] = {
         APGDTargeted,
         APGDTargetedL2,
         Square,
+        SquareL2,
         FAB,
         AutoAttack,
     )

@@ -25,6 +25,7 @@ from robustlab.attacks.base import (
     ModelView,
     check_choice,
     check_steps,
+    flat_norm,
     is_success,
     objective,
 )
@@ -107,21 +108,21 @@ class Square(BatchedAttack):
         with torch.no_grad():
             best = (x + eps * stripes).clamp_(0.0, 1.0)
             best_loss, pred = self._score(view, best, y, target)
+            todo = torch.empty(0, dtype=torch.long, device=x.device)
             for query in range(1, self.queries):
-                todo = (~is_success(pred, y, target)).nonzero().squeeze(1)
-                if not todo.numel():
+                standing = (~is_success(pred, y, target)).nonzero().squeeze(1)
+                if not standing.numel():
                     break
-                sub_x, sub_eps = x[todo], eps[todo]
+                if standing.shape != todo.shape:  # the set only shrinks: refresh on change
+                    todo = standing
+                    sub_x, sub_y, sub_eps = x[todo], y[todo], eps[todo]
+                    sub_t = None if target is None else target[todo]
                 fraction = square_fraction(self.p_init, query, self.queries)
                 mask, value = self._square(sub_x, sub_eps, fraction, generator)
-                candidate = torch.where(mask, sub_x + value, best[todo])
-                candidate = torch.minimum(
-                    torch.maximum(candidate, sub_x - sub_eps), sub_x + sub_eps
-                )
-                candidate.clamp_(0.0, 1.0)
-                sub_t = None if target is None else target[todo]
-                loss, new_pred = self._score(view, candidate, y[todo], sub_t)
-                keep = (loss < best_loss[todo]) | is_success(new_pred, y[todo], sub_t)
+                # the window is x +- eps (inside the ball), the rest is the best point so far
+                candidate = torch.where(mask, (sub_x + value).clamp_(0.0, 1.0), best[todo])
+                loss, new_pred = self._score(view, candidate, sub_y, sub_t)
+                keep = (loss < best_loss[todo]) | is_success(new_pred, sub_y, sub_t)
                 chosen = todo[keep]
                 best[chosen], best_loss[chosen], pred[chosen] = (
                     candidate[keep],
@@ -137,3 +138,119 @@ def _random_signs(
     """Uniform +-1 of ``shape``, in ``like``'s dtype and device."""
     bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
     return bits.to(like.dtype).mul_(2).sub_(1)
+
+
+def _rectangles(rows: int, cols: int, like: Tensor) -> Tensor:
+    """Nested rectangles of weight 1/(k+1)^2 around the centre, unit L2 norm ``(rows, cols)``."""
+    delta = like.new_zeros(rows, cols)
+    top, left = rows // 2, cols // 2
+    for k in range(max(rows // 2 + 1, cols // 2 + 1)):
+        delta[
+            max(top - k, 0) : min(top - k + 2 * k + 1, rows),
+            max(left - k, 0) : min(left - k + 2 * k + 1, cols),
+        ] += 1.0 / (k + 1) ** 2
+    return delta / delta.square().sum().sqrt()
+
+
+def _pseudo_gaussian(side: int, like: Tensor, transpose: bool) -> Tensor:
+    """The paper's L2 window update: + rectangles on one half, - on the other, unit norm."""
+    delta = like.new_zeros(side, side)
+    delta[: side // 2] = _rectangles(side // 2, side, like)
+    delta[side // 2 :] = -_rectangles(side - side // 2, side, like)
+    delta = delta / delta.square().sum().sqrt()
+    return delta.t() if transpose else delta
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SquareL2(Square):
+    """Square Attack, L2 (Andriushchenko et al. 2020, Algorithm 3); same settings as ``square``.
+
+    ``eps`` is an L2 radius in pixel units. The start is a grid of pseudo-Gaussian squares
+    scaled to norm ``eps``; each query moves the mass of one random square window into
+    another (one window pair per query for the whole batch, as in AutoAttack's reference),
+    keeping the perturbation on the sphere of radius ``eps``.
+    """
+
+    name = "square-l2"
+    norm = "l2"
+    eps_high = math.inf
+
+    eps: float = 0.5
+
+    def _perturb(
+        self,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        eps: Tensor,
+        generator: torch.Generator | None,
+        stop_on_success: bool,
+    ) -> tuple[Tensor, Tensor]:
+        batch, channels, height, width = x.shape
+        side = max(min(height, width) // 5, 1)
+        start = x.new_zeros(x.shape)
+        for top in range(0, height - side + 1, side):
+            for left in range(0, width - side + 1, side):
+                signs = _random_signs((batch, channels, 1, 1), x, generator)
+                start[:, :, top : top + side, left : left + side] += (
+                    _pseudo_gaussian(side, x, False) * signs
+                )
+        with torch.no_grad():
+            best = _on_sphere(x, start, eps)
+            best_loss, pred = self._score(view, best, y, target)
+            for query in range(1, self.queries):
+                todo = (~is_success(pred, y, target)).nonzero().squeeze(1)
+                if not todo.numel():
+                    break
+                fraction = square_fraction(self.p_init, query, self.queries)
+                size = max(round(math.sqrt(fraction * height * width)), 3)
+                size = min(size + (size % 2 == 0), min(height, width))
+                candidate = self._move_mass(
+                    x[todo], best[todo] - x[todo], eps[todo], size, generator
+                )
+                sub_t = None if target is None else target[todo]
+                loss, new_pred = self._score(view, candidate, y[todo], sub_t)
+                keep = (loss < best_loss[todo]) | is_success(new_pred, y[todo], sub_t)
+                chosen = todo[keep]
+                best[chosen], best_loss[chosen], pred[chosen] = (
+                    candidate[keep],
+                    loss[keep],
+                    new_pred[keep],
+                )
+        return best, pred
+
+    def _move_mass(
+        self, x: Tensor, delta: Tensor, eps: Tensor, size: int, generator: torch.Generator | None
+    ) -> Tensor:
+        """One candidate per image: window 1 gets a new pseudo-Gaussian square, window 2 is emptied."""
+        height, width = x.shape[2:]
+        kwargs = {"generator": generator, "device": x.device}
+        top, left, top2, left2 = (
+            int(v) for v in torch.randint(0, max(min(height, width) - size + 1, 1), (4,), **kwargs)
+        )
+        first = (slice(None), slice(None), slice(top, top + size), slice(left, left + size))
+        second = (slice(None), slice(None), slice(top2, top2 + size), slice(left2, left2 + size))
+        mask = torch.zeros_like(x[:1, :1])
+        mask[first], mask[second] = 1.0, 1.0
+        image_norm = flat_norm(delta, "l2").view(-1, 1, 1, 1)
+        windows_norm = flat_norm(delta * mask, "l2").view(-1, 1, 1, 1)
+        old = delta[first]
+        old_norm = old.square().sum((-2, -1), keepdim=True).sqrt()
+        transpose = bool(torch.randint(0, 2, (1,), **kwargs))
+        signs = _random_signs((x.shape[0], x.shape[1], 1, 1), x, generator)
+        new = _pseudo_gaussian(size, x, transpose) * signs + old / (old_norm + 1e-12)
+        budget = (
+            (eps.square() - image_norm.square()).clamp_min(0) / x.shape[1] + windows_norm.square()
+        ).sqrt()
+        new = new / new.square().sum((-2, -1), keepdim=True).sqrt().clamp_min(1e-12) * budget
+        delta = delta.clone()
+        delta[second] = 0.0
+        delta[first] = new
+        return _on_sphere(x, delta, eps)
+
+
+def _on_sphere(x: Tensor, delta: Tensor, eps: Tensor) -> Tensor:
+    """``x`` plus ``delta`` rescaled to L2 norm ``eps``, clipped to the box."""
+    norms = flat_norm(delta, "l2").view(-1, 1, 1, 1).clamp_min(1e-12)
+    return (x + delta * eps / norms).clamp_(0.0, 1.0)

@@ -263,7 +263,9 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
         "data": config.get("data"),
     }
     if distributed.is_main():
-        write_results(args.out, job.attack, result, labels, indices, context, seconds, target)
+        write_results(
+            args.out, job.attack, result, labels, indices, context, seconds, target, len(classes)
+        )
         store.clear()
         for eps, accuracy in zip(job.epsilons, result.accuracy(), strict=True):
             logger.info("eps %.4g: robust accuracy %.4f", eps, accuracy)
@@ -318,6 +320,7 @@ def write_results(
     context: dict[str, Any],
     seconds: float,
     target: int | None,
+    classes: int | None = None,
 ) -> None:
     """Write ``adversarials.safetensors`` (when kept) and then ``attack.json`` into ``out``.
 
@@ -365,7 +368,7 @@ def write_results(
         "format_version": 1,
         "robustlab_version": _version(),
         "attack": {"name": attack.name, "norm": attack.norm, "settings": attack.settings()},
-        "evaluation": evaluation_grade(attack, result.stage),
+        "evaluation": evaluation_grade(attack, result.stage, classes),
         "epsilons": list(result.epsilons),
         **summarise(attack, result, labels, seconds),
         "adversarials_file": adversarials_file,

@@ -43,14 +43,17 @@ def robust_after(attack: Attack, stage: Tensor | None) -> list[dict[str, Any]] |
     return rows
 
 
-def evaluation_grade(attack: Attack, stage: Tensor | None = None) -> dict[str, Any]:
-    """The ``evaluation`` entry of a result file for ``attack`` (see the module docstring)."""
+def evaluation_grade(
+    attack: Attack, stage: Tensor | None = None, classes: int | None = None
+) -> dict[str, Any]:
+    """The ``evaluation`` entry of a result file for ``attack`` (see the module docstring);
+    ``classes``: the model's class count (AutoAttack skips APGD-T below 4)."""
     if isinstance(attack, AutoAttack):
-        summary = attack.grade()
+        summary = attack.grade(classes)
         members = summary["members"]
         standard = bool(summary["standard"])
         grade = "standard-autoattack" if standard else "autoattack"
-        names = ", ".join(member["name"] for member in members)
+        names = ", ".join(member["name"] for member in members if not member["skipped"])
         statement = (
             f"standard AutoAttack ({names}): the robust accuracy to report"
             if standard

@@ -373,7 +373,7 @@ def robustness_curves(
                 "targeted": target_labels is not None,
             },
             outcomes=outcomes,
-            evaluation=evaluation_grade(attack, white.stage),
+            evaluation=evaluation_grade(attack, white.stage, clean_logits.shape[1]),
         )
         if sanity:
             flags: list[Flag] = output_flags(target, x, batch_size=batch_size)
