@@ -36,7 +36,9 @@ TRAIN = ("train", *DIGITS, *SMALL_CNN, "--limit", "200", "--batch-size", "32")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """Every file's bytes, by relative path; a lock file (empty, left by kill -9) aside."""
+    files = (p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def no_leftovers(parent: Path) -> None:
