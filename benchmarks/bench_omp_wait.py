@@ -8,6 +8,9 @@ policy and the ratio ACTIVE / PASSIVE (above 1: passive waiting is faster).
 
 Run: ``.venv/bin/python benchmarks/bench_omp_wait.py`` (a few minutes on 2 cores),
 ``--quick`` for a tiny run, ``--no-busy`` for an idle machine as the baseline.
+
+Measured (2 cores shared with other jobs, load average ~13, ``--limit 3000 --rounds 2
+--threads 2``): median ACTIVE 302.8 s, PASSIVE 123.3 s, ratio 2.46.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from robustlab.errors import UserError
+from robustlab.io import remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -155,13 +156,18 @@ class OutputLock:
 
 
 def claim(folder: Path, flag: str = "--out") -> OutputLock:
-    """Make ``folder`` (probed first) and lock it; ``release(failed=...)`` when done."""
+    """Make ``folder`` (probed first), lock it, remove what killed writes left in it.
+
+    ``release(failed=...)`` when done.
+    """
     made = make_folder(folder, flag)
     try:
-        return OutputLock(folder, flag, made).acquire()
+        lock = OutputLock(folder, flag, made).acquire()
     except UserError:
         _remove_empty(made)
         raise
+    remove_stale_temporaries(folder)  # ours now: a temporary file here is a killed write's
+    return lock
 
 
 def _same_file(fd: int, path: Path) -> bool:

@@ -29,14 +29,16 @@ from conftest import (
 )
 
 from robustlab.distributed import ChunkStore
-from robustlab.outdir import LOCK_FILE, OutputLock, Replacement
+from robustlab.outdir import LOCK_FILE, OutputLock, Replacement, claim
 from robustlab.training import loop
 
 TRAIN = ("train", *DIGITS, *SMALL_CNN, "--limit", "200", "--batch-size", "32")
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    """Every file's bytes, by relative path; a lock file (empty, left by kill -9) aside."""
+    files = (p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_FILE)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def no_leftovers(parent: Path) -> None:
@@ -337,3 +339,12 @@ def test_every_command_makes_openmp_wait_passively(monkeypatch, capsys, command)
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice is kept
     assert call_cli(command, capsys)[0] == 0
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_claiming_an_output_removes_stale_temporaries_of_killed_writes(tmp_path):
+    stale = tmp_path / ".attack.json.x1y2.tmp"
+    stale.write_text("half")
+    keep = tmp_path / "attack.json"
+    keep.write_text("{}")
+    claim(tmp_path).release()
+    assert sorted(tmp_path.iterdir()) == [keep]

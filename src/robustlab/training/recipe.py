@@ -55,12 +55,8 @@ def train_run(
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
-    settings = {
-        "data": dataclasses.asdict(data),
-        "model": dataclasses.asdict(model_spec),
-        "train": config.to_dict(),
-        "defence": defence,
-    }
+    settings = {"data": data, "model": model_spec, "train": config.to_dict(), "defence": defence}
+    settings = json.loads(json.dumps(settings, default=_plain))  # as it reads back from JSON
     if distributed.is_main():
         check_resume_settings(run_dir, settings)
     splits = load_splits(data, data_dir)
@@ -117,8 +113,13 @@ def train_run(
     return metrics
 
 
+def _plain(value: Any) -> Any:
+    """Specs (dataclasses) as dicts, anything else JSON cannot hold as text."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else str(value)
+
+
 def check_resume_settings(run_dir: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume ``run_dir``'s unfinished training under other settings.
+    """Refuse to resume ``run_dir``'s unfinished training under other (JSON) ``settings``.
 
     A resumed run must continue the same computation: other data, model, optimiser, learning
     rate or epochs would load mismatched weights or silently mix two trainings in one history.
@@ -128,7 +129,6 @@ def check_resume_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     if not (run_dir / STATE_FILE).exists():
         return
     recorded = run_dir / SETTINGS_FILE
-    settings = json.loads(json.dumps(settings, default=str))  # as it reads back (tuples -> lists)
     previous = read_json(recorded, "settings of the unfinished run") if recorded.exists() else None
     if previous != settings:
         change = first_difference(previous, settings) if previous else "settings unknown"
