@@ -280,14 +280,17 @@ def run_robustness(args: argparse.Namespace) -> int:
         check_same_task(target, surrogate)
     imageset = getattr(load_split(target, args.split, args.data_dir), args.split)
     classes = target.classes or list(imageset.classes)
-    x, y = imageset.images[: args.limit], imageset.labels[: args.limit]
-    indices = torch.arange(len(y))
+    imageset = imageset.head(args.limit)  # positions only: streamed pixels stay unread
+    indices = torch.arange(len(imageset))
     target_labels = None
     if args.target_class is not None:
         wanted = resolve_class(args.target_class, classes)
-        keep = y != wanted  # a targeted attack on an image of the target class is moot
-        x, y, indices = x[keep], y[keep], indices[keep]
-        target_labels = torch.full_like(y, wanted)
+        keep = (
+            imageset.labels != wanted
+        )  # a targeted attack on an image of the target class is moot
+        imageset, indices = imageset.subset(keep), indices[keep]
+        target_labels = torch.full_like(imageset.labels, wanted)
+    x, y = imageset.images, imageset.labels
     if len(y) == 0:
         raise UserError(f"no images to attack in split '{args.split}'")
     out = args.out or args.run_dir / "robustness" / attack.name
@@ -374,7 +377,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     for other in runs[1:]:
         check_same_task(runs[0], other)
     imageset = getattr(load_split(runs[0], args.split, args.data_dir), args.split)
-    x, y = imageset.images[: args.limit], imageset.labels[: args.limit]
+    imageset = imageset.head(args.limit)
+    x, y = imageset.images, imageset.labels
     out = args.out or args.transfer[0] / "transfer" / attack.name
     print(f"{attack.name} at eps {epsilons[0]:.4g}: {len(runs)} models, {len(y)} images")
     matrix = transfer_matrix(

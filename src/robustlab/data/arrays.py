@@ -324,9 +324,18 @@ def make_raw(
     """Validate images, labels and class names together."""
     what = str(source)
     images = check_images(images, what)
-    labels = check_labels(labels, len(images), what)
-    if isinstance(names, list | tuple):
-        classes = check_name_list(list(names), int(labels.max(initial=0)), what)
-    else:
-        classes = check_class_names(names, labels, what)
+    labels, classes = check_labelling(labels, names, len(images), what)
     return RawData(images=images, labels=labels, classes=classes, source=what, skipped=skipped)
+
+
+def check_labelling(
+    labels: np.ndarray,
+    names: np.ndarray | list[str] | tuple[str, ...] | None,
+    n_images: int,
+    what: str,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Validated labels and class names of ``n_images`` images (also for streamed sources)."""
+    labels = check_labels(labels, n_images, what)
+    if isinstance(names, list | tuple):
+        return labels, check_name_list(list(names), int(labels.max(initial=0)), what)
+    return labels, check_class_names(names, labels, what)

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 
 from robustlab.data import download as dl
-from robustlab.data.arrays import RawData, file_stamp, make_raw, npz_keys, read_npy, read_npz_array
+from robustlab.data.arrays import (
+    RawData,
+    check_labelling,
+    file_stamp,
+    make_raw,
+    npz_keys,
+    read_npy,
+    read_npz_array,
+)
 from robustlab.data.folder import read_folder
 from robustlab.data.registry import (
     DATASETS,
@@ -35,6 +43,7 @@ from robustlab.data.registry import (
 )
 from robustlab.data.spec import SPLIT_NAMES, DataSpec, DataSplits, ImageSet, summary
 from robustlab.data.split import select_classes, split_indices, subsample
+from robustlab.data.stream import ENV_BUDGET, StreamedImages, memory_budget, open_npy_rows
 from robustlab.data.transforms import to_tensor
 from robustlab.errors import UserError, suggestion
 
@@ -89,14 +98,23 @@ def load_splits(
     if isinstance(spec, str):
         spec = DataSpec(name=spec)
     plan = plan_splits(spec, data_dir, download=download, opener=opener)
+    streamed = _float_bytes(plan, spec) > memory_budget()
     sets = [
         ImageSet(
-            images=to_tensor(plan.raw.images, index, channels=spec.channels, size=spec.image_size),
+            images=_split_images(plan.raw.images, index, spec, streamed),
             labels=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
             classes=plan.classes,
         )
         for index, labels in zip(plan.index, plan.labels, strict=True)
     ]
+    if streamed:
+        log.info(
+            "streaming %s: its float32 pixels (%.1f GB) exceed the memory budget (%.1f GB, $%s)",
+            plan.raw.source,
+            _float_bytes(plan, spec) / 1e9,
+            memory_budget() / 1e9,
+            ENV_BUDGET,
+        )
     log.debug(
         "loaded %s: %s images, classes %s",
         plan.raw.source,
@@ -106,6 +124,22 @@ def load_splits(
     return DataSplits(
         *sets, spec=spec, source=plan.raw.source, task=plan.task, skipped=plan.raw.skipped
     )
+
+
+def _float_bytes(plan: SplitPlan, spec: DataSpec) -> int:
+    """Bytes of the float32 pixels of every split of ``plan``, as converted in memory."""
+    _, height, width, native = plan.raw.images.shape
+    size = spec.image_size
+    per_image = (spec.channels or native) * (size or height) * (size or width) * 4
+    return sum(len(index) for index in plan.index) * per_image
+
+
+def _split_images(
+    rows: Any, index: np.ndarray, spec: DataSpec, streamed: bool
+) -> torch.Tensor | StreamedImages:
+    if streamed:
+        return StreamedImages(rows, index, channels=spec.channels, size=spec.image_size)
+    return to_tensor(rows, index, channels=spec.channels, size=spec.image_size)
 
 
 def dataset_info(
@@ -264,8 +298,9 @@ def _npy_pair_cached(
     names_path: str | None,
     names_stamp: tuple[int, int] | None,
 ) -> RawData:
-    images = read_npy(Path(images_path))
     labels = read_npy(Path(labels_path))
+    rows = open_npy_rows(Path(images_path))  # uint8 pixels are read by row, when used
+    images = rows if rows is not None else read_npy(Path(images_path))
     names: Any = None
     if names_path and names_path.endswith(".npy"):
         names = read_npy(Path(names_path))
@@ -275,7 +310,11 @@ def _npy_pair_cached(
         except (OSError, UnicodeDecodeError) as error:
             raise UserError(f"cannot read class names from {names_path}: {error}") from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
-    return make_raw(images, labels, names, str(Path(images_path).parent))
+    source = str(Path(images_path).parent)
+    if rows is None:
+        return make_raw(images, labels, names, source)
+    labels, classes = check_labelling(labels, names, len(rows), source)
+    return RawData(images=rows, labels=labels, classes=classes, source=source)  # type: ignore[arg-type]
 
 
 def clear_caches() -> None:

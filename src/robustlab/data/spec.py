@@ -25,7 +25,9 @@ ON_CORRUPT = ("skip", "error")
 class ImageSet:
     """Images with their labels and class names."""
 
-    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    # (N, C, H, W) float32 in [0, 1]; a StreamedImages (converted batch by batch when
+    # indexed) for a split larger than the memory budget
+    images: torch.Tensor
     labels: torch.Tensor  # (N,) int64 in [0, num_classes)
     classes: tuple[str, ...]  # class names, index = label
 
@@ -64,7 +66,16 @@ class ImageSet:
         """The images at ``index`` (same classes)."""
         if isinstance(index, list):
             index = torch.as_tensor(index, dtype=torch.int64)
-        return ImageSet(self.images[index], self.labels[index], self.classes)
+        images = self.images
+        # a streamed set stays streamed: select positions, convert nothing
+        subset = getattr(images, "subset", None)
+        return ImageSet(
+            subset(index) if subset else images[index], self.labels[index], self.classes
+        )
+
+    def head(self, limit: int | None) -> ImageSet:
+        """The first ``limit`` images (all when None), without converting streamed pixels."""
+        return self if limit is None else self.subset(slice(0, limit))
 
 
 def _int_field(field_name: str, value: Any, low: int, high: int | None = None) -> int:
