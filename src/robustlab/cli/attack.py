@@ -164,15 +164,18 @@ def run(args: argparse.Namespace) -> int:
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
     target = resolve_target(job.target, classes)
-    # subsets select positions: a streamed split converts only the batches being attacked
-    imageset = imageset.head(job.limit)
-    indices = torch.arange(len(imageset))
+    from robustlab.data.stream import take  # a streamed split stays streamed when subset
+
+    images, labels = imageset.images, imageset.labels
+    indices = torch.arange(images.shape[0])
+    if job.limit is not None:
+        head = slice(job.limit)
+        images, labels, indices = take(images, head), labels[head], indices[head]
     excluded = 0
     if target is not None:  # a targeted attack on an image of the target class is moot
-        keep = imageset.labels != target
+        keep = labels != target
         excluded = int((~keep).sum())
-        imageset, indices = imageset.subset(keep), indices[keep]
-    images, labels = imageset.images, imageset.labels
+        images, labels, indices = take(images, keep), labels[keep], indices[keep]
     if images.shape[0] == 0:
         raise UserError(f"no images to attack in split '{job.split}'")
     model.to(args.device)

@@ -34,7 +34,7 @@ from robustlab.data.arrays import (
     read_npy,
     read_npz_array,
 )
-from robustlab.data.folder import read_folder
+from robustlab.data.prepared import FolderRows, read_folder_source
 from robustlab.data.registry import (
     DATASETS,
     canonical_name,
@@ -73,6 +73,8 @@ def plan_splits(
     positions, labels, classes = select_classes(raw.labels, raw.classes, spec.classes)
     keep = subsample(labels, spec.limit, spec.seed, stratify=spec.stratify)
     positions, labels = positions[keep], labels[keep]
+    if isinstance(raw.images, FolderRows):  # a folder selection: decode only what was chosen
+        raw, positions, labels = raw.images.decode_selected(positions, labels)
     parts = split_indices(labels, spec.split, spec.seed, stratify=spec.stratify, classes=classes)
     return SplitPlan(
         raw=raw,
@@ -196,7 +198,7 @@ def load_source(
             _no_task(spec, "an images.npy folder")
             return _read_npy_pair(path / "images.npy"), None
         _no_task(spec, "an image folder")
-        return read_folder(path, spec.image_size, spec.on_corrupt), None
+        return read_folder_source(path, spec), None
     if path.suffix.lower() == ".npz":
         return _read_npz_source(path, spec.task)
     if path.suffix.lower() == ".npy":

@@ -269,6 +269,11 @@ def _numpy(index: Any) -> Any:
     return index.cpu().numpy() if isinstance(index, torch.Tensor) else index
 
 
+def take(images: torch.Tensor | StreamedImages, key: Any) -> torch.Tensor | StreamedImages:
+    """``images[key]`` that keeps streamed images streamed (positions only, nothing read)."""
+    return images.subset(key) if isinstance(images, StreamedImages) else images[key]
+
+
 def is_streamed(images: Any) -> bool:
     return isinstance(images, StreamedImages)
 
@@ -284,4 +289,5 @@ __all__ = [
     "memory_budget",
     "open_npy_rows",
     "parse_bytes",
+    "take",
 ]
