@@ -414,7 +414,9 @@ def prepare_folder(
         if k not in done
     ]
     processes = workers or os.cpu_count() or 1
-    context = multiprocessing.get_context("spawn" if processes > 1 else None)
+    # fork: workers only decode with PIL, and a spawned one would import torch again first
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else None)
     with context.Pool(processes) if processes > 1 else _Serial() as pool:
         decoded = pool.imap(_decode_chunk, [(paths, image_size) for _, paths, _ in jobs])
         for (k, paths, labels), results in zip(jobs, decoded, strict=True):
