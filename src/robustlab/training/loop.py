@@ -34,6 +34,7 @@ from robustlab import distributed
 from robustlab.data import stream
 from robustlab.errors import UserError
 from robustlab.io import write_bytes
+from robustlab.training.augment import augment_batch
 from robustlab.training.config import TrainConfig
 from robustlab.training.modes import eval_mode, freeze, set_train_mode
 
@@ -105,7 +106,13 @@ def fit(
     """
     _check_data("train", *train, model)
     _check_data("val", *val, model)
-    cache_features = objective is None and hasattr(model, "features") and hasattr(model, "head")
+    # augmented pixels change every epoch: their features cannot be cached
+    cache_features = (
+        objective is None
+        and not config.augment
+        and hasattr(model, "features")
+        and hasattr(model, "head")
+    )
     objective = objective or cross_entropy_objective
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -204,7 +211,9 @@ def _run_epoch(
         leave=False,
         unit="batch",
     )
-    for x, y, weight in bar:
+    for number, (x, y, weight) in enumerate(bar):
+        if config.augment and not head_only:
+            x = augment_batch(x, config.augment, distributed.chunk_seed(seed, number * 1009 + rank))
         optimizer.zero_grad(set_to_none=True)
         loss = step_loss(x, y)
         if not torch.isfinite(loss):
