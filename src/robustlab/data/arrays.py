@@ -63,6 +63,7 @@ class RawData:
     classes: tuple[str, ...]
     source: str
     skipped: int = 0  # files skipped as unreadable (folder sources)
+    official_train: int | None = None  # images[:official_train] = the published train set
 
 
 def file_stamp(path: Path) -> tuple[int, int]:

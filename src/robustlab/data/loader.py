@@ -41,7 +41,15 @@ from robustlab.data.registry import (
     load_named,
     resolve_data_dir,
 )
-from robustlab.data.spec import SPLIT_NAMES, DataSpec, DataSplits, ImageSet, summary
+from robustlab.data.spec import (
+    OFFICIAL,
+    OFFICIAL_VAL,
+    SPLIT_NAMES,
+    DataSpec,
+    DataSplits,
+    ImageSet,
+    summary,
+)
 from robustlab.data.split import select_classes, split_indices, subsample
 from robustlab.data.stream import ENV_BUDGET, StreamedImages, memory_budget, open_npy_rows
 from robustlab.data.transforms import to_tensor
@@ -75,7 +83,12 @@ def plan_splits(
     positions, labels = positions[keep], labels[keep]
     if isinstance(raw.images, FolderRows):  # a folder selection: decode only what was chosen
         raw, positions, labels = raw.images.decode_selected(positions, labels)
-    parts = split_indices(labels, spec.split, spec.seed, stratify=spec.stratify, classes=classes)
+    if spec.split == OFFICIAL:
+        parts = official_split(raw, positions, spec)
+    else:
+        parts = split_indices(
+            labels, spec.split, spec.seed, stratify=spec.stratify, classes=classes
+        )
     return SplitPlan(
         raw=raw,
         task=task,
@@ -83,6 +96,27 @@ def plan_splits(
         index=tuple(positions[part] for part in parts),  # type: ignore[arg-type]
         labels=tuple(labels[part] for part in parts),  # type: ignore[arg-type]
     )
+
+
+def official_split(
+    raw: RawData, positions: np.ndarray, spec: DataSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / val / test as published: test = the official test images, val = a seeded
+    ``OFFICIAL_VAL`` of the official train images, train = the rest (parts index positions)."""
+    if raw.official_train is None:
+        raise UserError(
+            f"data.split 'official' needs a data set with published train/test files "
+            f"(mnist, fashion-mnist); {spec.name} has none, give three fractions instead"
+        )
+    in_train = np.flatnonzero(positions < raw.official_train)
+    test = np.flatnonzero(positions >= raw.official_train)
+    shuffled = in_train[np.random.default_rng(spec.seed).permutation(len(in_train))]
+    cut = round(len(in_train) * OFFICIAL_VAL)
+    parts = (np.sort(shuffled[cut:]), np.sort(shuffled[:cut]), test)
+    for name, part in zip(SPLIT_NAMES, parts, strict=True):
+        if len(part) == 0:
+            raise UserError(f"data.split 'official': the {name} split is empty (data.limit?)")
+    return parts
 
 
 def load_splits(

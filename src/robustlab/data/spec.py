@@ -19,6 +19,8 @@ from robustlab.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
 ON_CORRUPT = ("skip", "error")
+OFFICIAL = "official"
+OFFICIAL_VAL = 1 / 12  # of the official train set: 5,000 of MNIST's 60,000
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,7 +106,9 @@ class DataSpec:
     image_size: int | None = None  # resize (square) in the loader; None keeps native size
     channels: int | None = None  # 1 -> grey, 3 -> RGB (grey repeated); None keeps native
     classes: tuple[str | int, ...] | None = None  # class subset, relabelled 0..k-1 in this order
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test fractions
+    # train, val, test fractions; or "official": the published train/test files of MNIST and
+    # Fashion-MNIST, validation carved from train (OFFICIAL_VAL of it)
+    split: tuple[float, float, float] | Literal["official"] = (0.7, 0.15, 0.15)
     seed: int = 0
     stratify: bool = False
     limit: int | None = None  # keep at most this many images in total (deterministic, before split)
@@ -139,7 +143,7 @@ class DataSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; ``DataSpec(**spec.to_dict()) == spec``."""
         out = asdict(self)
-        out["split"] = list(self.split)
+        out["split"] = self.split if self.split == OFFICIAL else list(self.split)
         out["classes"] = list(self.classes) if self.classes is not None else None
         return out
 
@@ -161,7 +165,13 @@ def _check_classes(classes: Any) -> tuple[str | int, ...]:
     return tuple(checked)
 
 
-def _check_split(split: Any) -> tuple[float, float, float]:
+def _check_split(split: Any) -> tuple[float, float, float] | Literal["official"]:
+    if split == OFFICIAL:
+        return OFFICIAL
+    if isinstance(split, str):
+        raise UserError(
+            f"data.split must be three fractions (train, val, test) or 'official', got {split!r}"
+        )
     try:
         fractions = tuple(float(value) for value in split)
     except (TypeError, ValueError):
