@@ -102,6 +102,14 @@ def _header(path: str) -> tuple[int, int, bool]:
             return width, height, image.mode in _GREY_MODES
 
 
+def _unreadable(path: str, reason: str) -> UserError:
+    """The one line for an image that cannot be decoded under on_corrupt='error'."""
+    return UserError(
+        f"cannot decode image {path} ({reason}); remove it, or use on_corrupt='skip' "
+        "(--on-corrupt skip) to skip unreadable files"
+    )
+
+
 def index_folder(root: Path, image_size: int | None, on_corrupt: str) -> FolderIndex:
     """List a folder and read every header: what can be decided before decoding."""
     classes, stamps = folder_stamps(root)
@@ -112,10 +120,7 @@ def index_folder(root: Path, image_size: int | None, on_corrupt: str) -> FolderI
             width, height, grey = _header(name)
         except Exception as error:
             if on_corrupt == "error":
-                raise UserError(
-                    f"cannot decode image {name} ({_reason(error)}); remove it, or use "
-                    "on_corrupt='skip' to skip unreadable files"
-                ) from None
+                raise _unreadable(name, _reason(error)) from None
             skipped.append((name, _reason(error)))
             continue
         files.append(name)
@@ -200,10 +205,7 @@ def decode_files(
             arrays.append(_decode(Path(path), image_size))
         except Exception as error:
             if on_corrupt == "error":
-                raise UserError(
-                    f"cannot decode image {path} ({_reason(error)}); remove it, or use "
-                    "on_corrupt='skip' to skip unreadable files"
-                ) from None
+                raise _unreadable(path, _reason(error)) from None
             failed.append((path, _reason(error)))
             arrays.append(None)
     if failed:
@@ -459,10 +461,7 @@ def _write_shard(
     for path, (array, reason) in zip(paths, results, strict=True):
         if array is None:
             if on_corrupt == "error":
-                raise UserError(
-                    f"cannot decode image {path} ({reason}); remove it, or use "
-                    "--on-corrupt skip to skip unreadable files"
-                )
+                raise _unreadable(path, reason)
             skipped.append([path, reason])
     height, width, channels = index.shape
     if good:
