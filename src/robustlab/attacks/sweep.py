@@ -233,7 +233,11 @@ def sweep_dataset(
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    images, labels, target_t = check_inputs(images, labels, target)
+    if isinstance(images, Tensor):
+        images, labels, target_t = check_inputs(images, labels, target)
+    else:  # streamed: labels checked here against a zero-copy stand-in, pixels per chunk
+        stand_in = torch.zeros((1, *images.shape[1:])).expand(len(images), -1, -1, -1)
+        _, labels, target_t = check_inputs(stand_in, labels, target)
     if images.shape[0] == 0:
         return sweep(attack, model, images, labels, epsilons, target=target_t)
 

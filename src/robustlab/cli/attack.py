@@ -200,15 +200,18 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
     check_classes = getattr(job.attack, "check_classes", None)  # apgd-t, fab: top_k vs classes
     if check_classes is not None:
         check_classes(len(classes))
+    from robustlab.data.stream import take  # a streamed split stays streamed when subset
+
     images, labels = imageset.images, imageset.labels
     indices = torch.arange(images.shape[0])
     if job.limit is not None:
-        images, labels, indices = images[: job.limit], labels[: job.limit], indices[: job.limit]
+        head = slice(job.limit)
+        images, labels, indices = take(images, head), labels[head], indices[head]
     excluded = 0
     if target is not None:  # a targeted attack on an image of the target class is moot
         keep = labels != target
         excluded = int((~keep).sum())
-        images, labels, indices = images[keep], labels[keep], indices[keep]
+        images, labels, indices = take(images, keep), labels[keep], indices[keep]
     if images.shape[0] == 0:
         raise UserError(f"no images to attack in split '{job.split}'")
     model.to(args.device)

@@ -31,7 +31,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--channels", type=int, choices=(1, 3), default=None, help="force grey or RGB")
     group.add_argument("--classes", default=None, help="comma-separated class subset (names or indices)")
     group.add_argument("--limit", type=int, default=None, help="use at most this many images")
-    group.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions")
+    group.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions, or 'official' (MNIST, Fashion-MNIST)")
     group.add_argument("--split-seed", type=int, default=0, help="seed of the split shuffle")
     group.add_argument("--stratify", action="store_true", help="keep class proportions in every split")
     add_data_dir(group)
@@ -49,7 +49,7 @@ def data_spec_from(args: argparse.Namespace) -> DataSpec:
         image_size=args.image_size,
         channels=args.channels,
         classes=classes,
-        split=parse_floats("--split", args.split, count=3),
+        split="official" if args.split == "official" else parse_floats("--split", args.split, count=3),
         seed=args.split_seed,
         stratify=args.stratify,
         limit=args.limit,

@@ -19,12 +19,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     info.add_argument("--task", default=None)
     info.add_argument("--split-seed", type=int, default=0)
     add_data_dir(info)
+    prepare = actions.add_parser(
+        "prepare",
+        help="decode an image folder once into a prepared cache that later runs stream from",
+        description="Decode (and resize) an image folder once into memory-mapped uint8 shards "
+        "with a manifest; train/attack/evaluate on the same folder and --image-size then read "
+        "the cache. Run again to resume after a kill, or to rebuild after the folder changed.",
+    )
+    prepare.add_argument("name", help="path of an image folder (class sub-folders)")
+    prepare.add_argument("--image-size", type=int, default=None, help="resize to this square size")
+    prepare.add_argument("--on-corrupt", choices=("skip", "error"), default="skip")
+    prepare.add_argument("--workers", type=int, default=None, help="decoding processes (cores)")
+    add_data_dir(prepare)
     parser.set_defaults(func=run)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """``robustlab data prepare PATH``: build or resume the folder's prepared cache."""
+    from robustlab.data import DataSpec
+    from robustlab.data.loader import _find_path
+    from robustlab.data.prepared import prepare_folder
+    from robustlab.data.registry import canonical_name
+    from robustlab.errors import UserError
+
+    spec = DataSpec(name=args.name, image_size=args.image_size, on_corrupt=args.on_corrupt)
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+    if canonical_name(spec.name) is not None:
+        print(f"{spec.name} is stored as arrays already: nothing to prepare")
+        return 0
+    path = _find_path(spec.name, args.data_dir)
+    if not path.is_dir() or (path / "images.npy").exists():
+        print(f"{path} is an array source (read by row or in memory): nothing to prepare")
+        return 0
+    folder = prepare_folder(path, spec.image_size, spec.on_corrupt, args.workers)
+    print(f"prepared {path} in {folder}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from robustlab.data import DataSpec, dataset_info, list_datasets, resolve_data_dir
 
+    if args.action == "prepare":
+        return run_prepare(args)
     if args.action == "info":
         spec = DataSpec(name=args.name, task=args.task, seed=args.split_seed)
         print(json.dumps(dataset_info(spec, args.data_dir), indent=1))

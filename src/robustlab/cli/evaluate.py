@@ -294,6 +294,7 @@ def run_robustness(args: argparse.Namespace) -> int:
     """Curves (white-box, black-box per surrogate, noise), records, examples, flags, report."""
     import torch
 
+    from robustlab.data.stream import take
     from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
     from robustlab.reporting import build_report
 
@@ -308,13 +309,14 @@ def run_robustness(args: argparse.Namespace) -> int:
         check_same_task(target, surrogate)
     imageset = getattr(load_split(target, args.split, args.data_dir), args.split)
     classes = target.classes or list(imageset.classes)
-    x, y = imageset.images[: args.limit], imageset.labels[: args.limit]
+    # take: a streamed split stays streamed (positions only, nothing read yet)
+    x, y = take(imageset.images, slice(args.limit)), imageset.labels[: args.limit]
     indices = torch.arange(len(y))
     target_labels = None
     if args.target_class is not None:
         wanted = resolve_class(args.target_class, classes)
         keep = y != wanted  # a targeted attack on an image of the target class is moot
-        x, y, indices = x[keep], y[keep], indices[keep]
+        x, y, indices = take(x, keep), y[keep], indices[keep]
         target_labels = torch.full_like(y, wanted)
     if len(y) == 0:
         raise UserError(f"no images to attack in split '{args.split}'")
@@ -383,6 +385,7 @@ def _print_curves(data: dict[str, Any]) -> None:
 
 def run_transfer(args: argparse.Namespace) -> int:
     """The N x N transfer matrix on the first run's split, as JSON, heat map and report."""
+    from robustlab.data.stream import take
     from robustlab.evaluation import transfer_matrix
     from robustlab.io import write_json
     from robustlab.reporting import build_report
@@ -398,7 +401,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     for other in runs[1:]:
         check_same_task(runs[0], other)
     imageset = getattr(load_split(runs[0], args.split, args.data_dir), args.split)
-    x, y = imageset.images[: args.limit], imageset.labels[: args.limit]
+    x, y = take(imageset.images, slice(args.limit)), imageset.labels[: args.limit]
     out = args.out or args.transfer[0] / "transfer" / attack.name
     print(f"{attack.name} at eps {epsilons[0]:.4g}: {len(runs)} models, {len(y)} images")
     matrix = transfer_matrix(

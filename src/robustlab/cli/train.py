@@ -48,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--finetune-lr-factor", type=float, default=0.1)
     group.add_argument("--weight-decay", type=float, default=0.0)
     group.add_argument("--seed", type=int, default=0)
+    group.add_argument(
+        "--augment",
+        default="",
+        metavar="LIST",
+        help="opt-in training augmentation, comma-separated: crop (random resized crop), flip, "
+        "jitter (colour); recorded in config.json (default: none)",
+    )
     group.add_argument("--defence", default=None, help="adversarial defence (see --defence list)")
     group.add_argument(
         "--defence-opt",
@@ -78,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         head_epochs=args.head_epochs,
         unfreeze=args.unfreeze,
         finetune_lr_factor=args.finetune_lr_factor,
+        augment=tuple(name.strip() for name in args.augment.split(",") if name.strip()),
     )
     data = dataclasses.replace(data_spec_from(args), on_corrupt=args.on_corrupt)
     model = model_spec_from(args)

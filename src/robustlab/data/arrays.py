@@ -64,6 +64,7 @@ class RawData:
     classes: tuple[str, ...]
     source: str
     skipped: int = 0  # files skipped as unreadable (folder sources)
+    official_train: int | None = None  # images[:official_train] = the published train set
 
 
 def file_stamp(path: Path) -> tuple[int, int]:
@@ -325,11 +326,7 @@ def make_raw(
     """Validate images, labels and class names together."""
     what = str(source)
     images = check_images(images, what)
-    labels = check_labels(labels, len(images), what)
-    if isinstance(names, list | tuple):
-        classes = check_name_list(list(names), int(labels.max(initial=0)), what)
-    else:
-        classes = check_class_names(names, labels, what)
+    labels, classes = check_labelling(labels, names, len(images), what)
     if len(np.unique(labels)) < 2:
         log.warning(
             "%s: every image has the same class (%s): accuracy is trivially 1 and no attack "
@@ -338,3 +335,16 @@ def make_raw(
             classes[int(labels[0])],
         )
     return RawData(images=images, labels=labels, classes=classes, source=what, skipped=skipped)
+
+
+def check_labelling(
+    labels: np.ndarray,
+    names: np.ndarray | list[str] | tuple[str, ...] | None,
+    n_images: int,
+    what: str,
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Validated labels and class names of ``n_images`` images (also for streamed sources)."""
+    labels = check_labels(labels, n_images, what)
+    if isinstance(names, list | tuple):
+        return labels, check_name_list(list(names), int(labels.max(initial=0)), what)
+    return labels, check_class_names(names, labels, what)

@@ -25,16 +25,33 @@ import numpy as np
 import torch
 
 from robustlab.data import download as dl
-from robustlab.data.arrays import RawData, file_stamp, make_raw, npz_keys, read_npy, read_npz_array
-from robustlab.data.folder import read_folder
+from robustlab.data.arrays import (
+    RawData,
+    check_labelling,
+    file_stamp,
+    make_raw,
+    npz_keys,
+    read_npy,
+    read_npz_array,
+)
+from robustlab.data.prepared import FolderRows, read_folder_source
 from robustlab.data.registry import (
     DATASETS,
     canonical_name,
     load_named,
     resolve_data_dir,
 )
-from robustlab.data.spec import SPLIT_NAMES, DataSpec, DataSplits, ImageSet, summary
+from robustlab.data.spec import (
+    OFFICIAL,
+    OFFICIAL_VAL,
+    SPLIT_NAMES,
+    DataSpec,
+    DataSplits,
+    ImageSet,
+    summary,
+)
 from robustlab.data.split import select_classes, split_indices, subsample
+from robustlab.data.stream import ENV_BUDGET, StreamedImages, memory_budget, open_npy_rows
 from robustlab.data.transforms import to_tensor
 from robustlab.errors import UserError, suggestion
 
@@ -64,7 +81,14 @@ def plan_splits(
     positions, labels, classes = select_classes(raw.labels, raw.classes, spec.classes)
     keep = subsample(labels, spec.limit, spec.seed, stratify=spec.stratify)
     positions, labels = positions[keep], labels[keep]
-    parts = split_indices(labels, spec.split, spec.seed, stratify=spec.stratify, classes=classes)
+    if isinstance(raw.images, FolderRows):  # a folder selection: decode only what was chosen
+        raw, positions, labels = raw.images.decode_selected(positions, labels)
+    if spec.split == OFFICIAL:
+        parts = official_split(raw, positions, spec)
+    else:
+        parts = split_indices(
+            labels, spec.split, spec.seed, stratify=spec.stratify, classes=classes
+        )
     return SplitPlan(
         raw=raw,
         task=task,
@@ -72,6 +96,27 @@ def plan_splits(
         index=tuple(positions[part] for part in parts),  # type: ignore[arg-type]
         labels=tuple(labels[part] for part in parts),  # type: ignore[arg-type]
     )
+
+
+def official_split(
+    raw: RawData, positions: np.ndarray, spec: DataSpec
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train / val / test as published: test = the official test images, val = a seeded
+    ``OFFICIAL_VAL`` of the official train images, train = the rest (parts index positions)."""
+    if raw.official_train is None:
+        raise UserError(
+            f"data.split 'official' needs a data set with published train/test files "
+            f"(mnist, fashion-mnist); {spec.name} has none, give three fractions instead"
+        )
+    in_train = np.flatnonzero(positions < raw.official_train)
+    test = np.flatnonzero(positions >= raw.official_train)
+    shuffled = in_train[np.random.default_rng(spec.seed).permutation(len(in_train))]
+    cut = round(len(in_train) * OFFICIAL_VAL)
+    parts = (np.sort(shuffled[cut:]), np.sort(shuffled[:cut]), test)
+    for name, part in zip(SPLIT_NAMES, parts, strict=True):
+        if len(part) == 0:
+            raise UserError(f"data.split 'official': the {name} split is empty (data.limit?)")
+    return parts
 
 
 def load_splits(
@@ -89,14 +134,23 @@ def load_splits(
     if isinstance(spec, str):
         spec = DataSpec(name=spec)
     plan = plan_splits(spec, data_dir, download=download, opener=opener)
+    streamed = _float_bytes(plan, spec) > memory_budget()
     sets = [
         ImageSet(
-            images=to_tensor(plan.raw.images, index, channels=spec.channels, size=spec.image_size),
+            images=_split_images(plan.raw.images, index, spec, streamed),
             labels=torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64)),
             classes=plan.classes,
         )
         for index, labels in zip(plan.index, plan.labels, strict=True)
     ]
+    if streamed:
+        log.info(
+            "streaming %s: its float32 pixels (%.1f GB) exceed the memory budget (%.1f GB, $%s)",
+            plan.raw.source,
+            _float_bytes(plan, spec) / 1e9,
+            memory_budget() / 1e9,
+            ENV_BUDGET,
+        )
     log.debug(
         "loaded %s: %s images, classes %s",
         plan.raw.source,
@@ -106,6 +160,22 @@ def load_splits(
     return DataSplits(
         *sets, spec=spec, source=plan.raw.source, task=plan.task, skipped=plan.raw.skipped
     )
+
+
+def _float_bytes(plan: SplitPlan, spec: DataSpec) -> int:
+    """Bytes of the float32 pixels of every split of ``plan``, as converted in memory."""
+    _, height, width, native = plan.raw.images.shape
+    size = spec.image_size
+    per_image = (spec.channels or native) * (size or height) * (size or width) * 4
+    return sum(len(index) for index in plan.index) * per_image
+
+
+def _split_images(
+    rows: Any, index: np.ndarray, spec: DataSpec, streamed: bool
+) -> torch.Tensor | StreamedImages:
+    if streamed:
+        return StreamedImages(rows, index, channels=spec.channels, size=spec.image_size)
+    return to_tensor(rows, index, channels=spec.channels, size=spec.image_size)
 
 
 def dataset_info(
@@ -162,7 +232,7 @@ def load_source(
             _no_task(spec, "an images.npy folder")
             return _read_npy_pair(path / "images.npy"), None
         _no_task(spec, "an image folder")
-        return read_folder(path, spec.image_size, spec.on_corrupt), None
+        return read_folder_source(path, spec), None
     if path.suffix.lower() == ".npz":
         return _read_npz_source(path, spec.task)
     if path.suffix.lower() == ".npy":
@@ -264,8 +334,9 @@ def _npy_pair_cached(
     names_path: str | None,
     names_stamp: tuple[int, int] | None,
 ) -> RawData:
-    images = read_npy(Path(images_path))
     labels = read_npy(Path(labels_path))
+    rows = open_npy_rows(Path(images_path))  # uint8 pixels are read by row, when used
+    images = rows if rows is not None else read_npy(Path(images_path))
     names: Any = None
     if names_path and names_path.endswith(".npy"):
         names = read_npy(Path(names_path))
@@ -275,7 +346,11 @@ def _npy_pair_cached(
         except (OSError, UnicodeDecodeError) as error:
             raise UserError(f"cannot read class names from {names_path}: {error}") from None
         names = [line.strip() for line in text.splitlines() if line.strip()]
-    return make_raw(images, labels, names, str(Path(images_path).parent))
+    source = str(Path(images_path).parent)
+    if rows is None:
+        return make_raw(images, labels, names, source)
+    labels, classes = check_labelling(labels, names, len(rows), source)
+    return RawData(images=rows, labels=labels, classes=classes, source=source)  # type: ignore[arg-type]
 
 
 def clear_caches() -> None:

@@ -18,6 +18,7 @@ the official test set, so accuracies are not directly comparable with published 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import os
@@ -153,7 +154,9 @@ def _idx_pool_cached(key: tuple[tuple[str, int, int], ...], classes: tuple[str, 
         raise UserError(f"{where}: train and t10k images differ in size")
     images = np.concatenate([train_x, test_x])
     labels = np.concatenate([train_y, test_y])
-    return make_raw(images, labels, list(classes), where)
+    raw = make_raw(images, labels, list(classes), where)
+    return dataclasses.replace(raw, official_train=len(train_x))  # for split='official'
+
 
 
 def _existing(path: Path) -> Path:

@@ -19,13 +19,17 @@ from robustlab.errors import UserError
 
 SPLIT_NAMES = ("train", "val", "test")
 ON_CORRUPT = ("skip", "error")
+OFFICIAL = "official"
+OFFICIAL_VAL = 1 / 12  # of the official train set: 5,000 of MNIST's 60,000
 
 
 @dataclass(frozen=True, eq=False)
 class ImageSet:
     """Images with their labels and class names."""
 
-    images: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    # (N, C, H, W) float32 in [0, 1]; a StreamedImages (converted batch by batch when
+    # indexed) for a split larger than the memory budget
+    images: torch.Tensor
     labels: torch.Tensor  # (N,) int64 in [0, num_classes)
     classes: tuple[str, ...]  # class names, index = label
 
@@ -64,7 +68,16 @@ class ImageSet:
         """The images at ``index`` (same classes)."""
         if isinstance(index, list):
             index = torch.as_tensor(index, dtype=torch.int64)
-        return ImageSet(self.images[index], self.labels[index], self.classes)
+        images = self.images
+        # a streamed set stays streamed: select positions, convert nothing
+        subset = getattr(images, "subset", None)
+        return ImageSet(
+            subset(index) if subset else images[index], self.labels[index], self.classes
+        )
+
+    def head(self, limit: int | None) -> ImageSet:
+        """The first ``limit`` images (all when None), without converting streamed pixels."""
+        return self if limit is None else self.subset(slice(0, limit))
 
 
 def _int_field(field_name: str, value: Any, low: int, high: int | None = None) -> int:
@@ -93,7 +106,9 @@ class DataSpec:
     image_size: int | None = None  # resize (square) in the loader; None keeps native size
     channels: int | None = None  # 1 -> grey, 3 -> RGB (grey repeated); None keeps native
     classes: tuple[str | int, ...] | None = None  # class subset, relabelled 0..k-1 in this order
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)  # train, val, test fractions
+    # train, val, test fractions; or "official": the published train/test files of MNIST and
+    # Fashion-MNIST, validation carved from train (OFFICIAL_VAL of it)
+    split: tuple[float, float, float] | Literal["official"] = (0.7, 0.15, 0.15)
     seed: int = 0
     stratify: bool = False
     limit: int | None = None  # keep at most this many images in total (deterministic, before split)
@@ -128,7 +143,7 @@ class DataSpec:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; ``DataSpec(**spec.to_dict()) == spec``."""
         out = asdict(self)
-        out["split"] = list(self.split)
+        out["split"] = self.split if self.split == OFFICIAL else list(self.split)
         out["classes"] = list(self.classes) if self.classes is not None else None
         return out
 
@@ -150,7 +165,13 @@ def _check_classes(classes: Any) -> tuple[str | int, ...]:
     return tuple(checked)
 
 
-def _check_split(split: Any) -> tuple[float, float, float]:
+def _check_split(split: Any) -> tuple[float, float, float] | Literal["official"]:
+    if split == OFFICIAL:
+        return OFFICIAL
+    if isinstance(split, str):
+        raise UserError(
+            f"data.split must be three fractions (train, val, test) or 'official', got {split!r}"
+        )
     try:
         fractions = tuple(float(value) for value in split)
     except (TypeError, ValueError):

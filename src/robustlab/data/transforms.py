@@ -51,10 +51,23 @@ def to_tensor(
             if chunk.dtype == np.uint8:
                 target.div_(255.0)
             continue
-        x = x.float().div_(255.0) if chunk.dtype == np.uint8 else x.float()
-        if out_c == 1 and native == 3:
-            x = rgb_to_grey(x)
-        if size:
-            x = resize(x, size)
-        target.copy_(x.expand(-1, out_c, -1, -1) if x.shape[1] != out_c else x)
+        target.copy_(convert_chunk(chunk, channels=channels, size=size))
     return out
+
+
+def convert_chunk(
+    chunk: np.ndarray, *, channels: int | None = None, size: int | None = None
+) -> torch.Tensor:
+    """(B, H, W, C) uint8 or float32 -> float32 (B, C', H', W') in [0, 1], a new tensor."""
+    native = chunk.shape[-1]
+    out_c = channels or native
+    # (B, H, W, C) -> (B, C, H, W), made contiguous while still small (uint8): the resize
+    # kernel then sees the same memory layout whichever path converts
+    x = torch.from_numpy(np.ascontiguousarray(chunk)).permute(0, 3, 1, 2).contiguous()
+    # uint8 -> float is a copy; float input is copied too, never handed out as a view
+    x = x.float().div_(255.0) if chunk.dtype == np.uint8 else x.float().clone()
+    if out_c == 1 and native == 3:
+        x = rgb_to_grey(x)
+    if size:
+        x = resize(x, size)
+    return x.expand(-1, out_c, -1, -1).contiguous() if x.shape[1] != out_c else x.contiguous()

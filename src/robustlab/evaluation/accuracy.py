@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from robustlab.attacks import as_logits_model
+from robustlab.data import stream
 from robustlab.devices import to_device
 from robustlab.errors import UserError
 
@@ -49,10 +50,8 @@ def predict_logits(
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     forward = as_logits_model(model)
     device = model_device(model)
-    outputs = [
-        forward(to_device(images[start : start + batch_size], device)).float().cpu()
-        for start in range(0, len(images), batch_size)
-    ]
+    parts = [slice(start, start + batch_size) for start in range(0, len(images), batch_size)]
+    outputs = [forward(to_device(x, device)).float().cpu() for x in stream.batches(images, parts)]
     if not outputs:
         raise UserError("no images to evaluate (the split is empty)")
     return torch.cat(outputs)

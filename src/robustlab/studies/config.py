@@ -97,6 +97,7 @@ class ModelConfig(Strict):
     head_epochs: int = Field(default=2, ge=0)
     unfreeze: str = "all"
     finetune_lr_factor: float = Field(default=0.1, gt=0.0, le=1.0)
+    augment: tuple[Literal["crop", "flip", "jitter"], ...] = ()  # opt-in training augmentation
     defence: DefenceConfig | None = None
 
     def model_spec(self) -> ModelSpec:
@@ -128,6 +129,7 @@ class ModelConfig(Strict):
             head_epochs=self.head_epochs,
             unfreeze=self.unfreeze,
             finetune_lr_factor=self.finetune_lr_factor,
+            augment=self.augment,
         )
 
 

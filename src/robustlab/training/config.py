@@ -42,6 +42,7 @@ class TrainConfig:
     finetune_lr_factor: float = 0.1
     channels_last: bool = True
     eval_batch_size: int = 128
+    augment: tuple[str, ...] = ()  # opt-in: any of "crop", "flip", "jitter" (training.augment)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -63,11 +64,23 @@ class TrainConfig:
                 f"head_epochs ({self.head_epochs}) must be < epochs ({self.epochs}) for finetune, "
                 "or nothing is fine-tuned"
             )
+        from robustlab.training.augment import AUGMENTATIONS
+
+        if isinstance(self.augment, str) or not all(a in AUGMENTATIONS for a in self.augment):
+            raise UserError(
+                f"augment must be a list of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"
+            )
+        object.__setattr__(self, "augment", tuple(dict.fromkeys(self.augment)))
         if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):
             raise UserError(f"unfreeze must be 'all' or a positive number of blocks, got '{self.unfreeze}'")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if not self.augment:  # absent when off: runs without augmentation record what they did
+            del values["augment"]
+        else:
+            values["augment"] = list(self.augment)
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:

@@ -31,8 +31,10 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robustlab import distributed
+from robustlab.data import stream
 from robustlab.errors import UserError
 from robustlab.io import write_bytes
+from robustlab.training.augment import augment_batch
 from robustlab.training.config import TrainConfig
 from robustlab.training.modes import eval_mode, freeze, set_train_mode
 
@@ -104,7 +106,13 @@ def fit(
     """
     _check_data("train", *train, model)
     _check_data("val", *val, model)
-    cache_features = objective is None and hasattr(model, "features") and hasattr(model, "head")
+    # augmented pixels change every epoch: their features cannot be cached
+    cache_features = (
+        objective is None
+        and not config.augment
+        and hasattr(model, "features")
+        and hasattr(model, "head")
+    )
     objective = objective or cross_entropy_objective
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -203,9 +211,10 @@ def _run_epoch(
         leave=False,
         unit="batch",
     )
-    for x, y in bar:
+    for number, (x, y, weight) in enumerate(bar):
+        if config.augment and not head_only:
+            x = augment_batch(x, config.augment, distributed.chunk_seed(seed, number * 1009 + rank))
         optimizer.zero_grad(set_to_none=True)
-        x, y, weight = _rank_share(x, y)
         loss = step_loss(x, y)
         if not torch.isfinite(loss):
             raise UserError(
@@ -248,28 +257,35 @@ def _run_epoch(
     return record
 
 
-def _rank_share(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, float]:
-    """This rank's part of a global batch and its loss weight ``world * part / batch``.
+def _rank_share(index: Tensor) -> tuple[Tensor, float]:
+    """This rank's part of a global batch ``index`` and its loss weight ``world * part / batch``.
 
-    One process: the whole batch, weight 1. A rank whose part is empty (a last batch smaller
-    than the world) still steps, on one sample with weight 0, or DDP would wait for it forever.
+    Chosen on indices, so a rank reads only its own images. One process: the whole batch,
+    weight 1. A rank whose part is empty (a last batch smaller than the world) still steps,
+    on one sample with weight 0, or DDP would wait for it forever.
     """
     world = distributed.world_size()
     if world == 1:
-        return x, y, 1.0
-    index = torch.tensor_split(torch.arange(len(y)), world)[distributed.rank()]
-    if len(index) == 0:
-        return x[:1], y[:1], 0.0
-    return x[index], y[index], world * len(index) / len(y)
+        return index, 1.0
+    part = torch.tensor_split(index, world)[distributed.rank()]
+    if len(part) == 0:
+        return index[:1], 0.0
+    return part, world * len(part) / len(index)
 
 
 def _batches(
     inputs: Tensor, labels: Tensor, batch_size: int, order: Tensor, channels_last: bool
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (x, y) mini-batches in ``order``, images in channels_last."""
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        yield _layout(inputs[index], channels_last), labels[index]
+) -> Iterator[tuple[Tensor, Tensor, float]]:
+    """Yield this rank's ``(x, y, loss weight)`` of every mini-batch in ``order``.
+
+    Streamed images are read by the data loader's workers while the model computes.
+    """
+    shares = [
+        _rank_share(order[start : start + batch_size]) for start in range(0, len(order), batch_size)
+    ]
+    images = stream.batches(inputs, [index for index, _ in shares])
+    for (index, weight), x in zip(shares, images, strict=True):
+        yield _layout(x, channels_last), labels[index], weight
 
 
 def _layout(x: Tensor, channels_last: bool) -> Tensor:
@@ -286,8 +302,9 @@ def _score(
     """Mean cross-entropy and accuracy of ``forward`` in eval mode (sharded over ranks)."""
     total_loss, correct = 0.0, 0
     with eval_mode(forward):
-        for part in distributed.shard_chunks(len(labels), config.eval_batch_size):
-            x, y = _layout(inputs[part], config.channels_last), labels[part]
+        parts = distributed.shard_chunks(len(labels), config.eval_batch_size)
+        for part, x in zip(parts, stream.batches(inputs, parts), strict=True):
+            x, y = _layout(x, config.channels_last), labels[part]
             logits = forward(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -352,7 +369,9 @@ def _check_data(split: str, images: Tensor, labels: Tensor, model: nn.Module) ->
         raise UserError(
             f"{split} images have {images.shape[1]} channels but the model takes {channels}"
         )
-    if not torch.isfinite(images).all():  # NaN would surface later as a misleading divergence
+    # NaN would surface later as a misleading divergence (streamed pixels come from uint8 or
+    # from float arrays validated when read: finite by construction)
+    if not stream.is_streamed(images) and not torch.isfinite(images).all():
         raise UserError(f"{split} images hold NaN or infinite pixel values")
 
 
