@@ -63,13 +63,16 @@ def test_audit_catches_a_device_less_tensor():
 
 @pytest.mark.parametrize("name", list_attacks())
 def test_attacks_create_tensors_on_the_models_device(name):
-    model = _tiny()
+    # 4 classes: targeted DLR (apgd-t) needs a 4th logit
+    model = create_model(ModelSpec("simple-cnn", 4, input_size=16)).eval()
     x = torch.rand(6, 3, 16, 16)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
     target = torch.tensor([1, 2, 0, 1, 2, 0])
     settings = {"eps": 0.03} if name != "filter" else {"iterations": 3}
     if name in ("cw-l2",):
         settings |= {"steps": 3, "binary_search_steps": 2}
+    if name in ("apgd-t", "apgd-t-l2", "fab"):
+        settings |= {"top_k": 2}
     attack = get_attack(name, **settings)
     with DeviceAudit("/robustlab/", "/robustlab/attacks/") as audit:
         if name == "filter":

@@ -79,6 +79,21 @@ class Curve(Schema):
     accuracy: list[Fraction | None]
 
 
+class RobustAfter(Schema):
+    attack: Text
+    robust_accuracy: list[Fraction | None]
+
+
+class EvaluationGrade(Schema):
+    """How much the robust accuracy can be trusted (``robustlab.evaluation.grade``)."""
+
+    grade: Literal["standard-autoattack", "autoattack", "white-box", "black-box", "random"]
+    standard_autoattack: bool
+    attacks: list[Settings]
+    robust_after: list[RobustAfter] | None = None
+    statement: Text
+
+
 class CurvesFile(Versioned):
     format: Literal["robustlab-curves"]
     target: Text
@@ -93,6 +108,7 @@ class CurvesFile(Versioned):
     unbounded_accuracy: Fraction | None = None
     flags: list[FlagRecord] = Field(default_factory=list)
     settings: Settings = Field(default_factory=dict)
+    evaluation: EvaluationGrade | None = None
 
 
 class TransferFile(Versioned):

@@ -124,7 +124,7 @@ def test_failed_download_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_an_unwritable_data_dir_is_one_clear_error(tmp_path: Path, local_mnist: None) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    with pytest.raises(UserError, match=r"download failed.*cannot write"):
+    with pytest.raises(UserError, match=r"download failed.*could not write"):
         load_splits(DataSpec("mnist"), tmp_path / "a-file" / "data", download=True)
 
 

@@ -60,14 +60,14 @@ def train_run(
     if distributed.is_main():
         check_resume_settings(run_dir, settings)
     splits = load_splits(data, data_dir)
-    if distributed.is_main() and not (run_dir / STATE_FILE).exists():
-        write_json(run_dir / SETTINGS_FILE, settings)  # once the data proved loadable
     channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
     model_spec = dataclasses.replace(
         model_spec, num_classes=len(splits.train.classes), in_chans=channels, input_size=size
     )
     torch.manual_seed(config.seed)
     model = create_model(model_spec).to(device)
+    if distributed.is_main() and not (run_dir / STATE_FILE).exists():
+        write_json(run_dir / SETTINGS_FILE, settings)  # once data and model proved loadable
 
     start = time.perf_counter()
     history = fit(
@@ -129,9 +129,11 @@ def check_resume_settings(run_dir: Path, settings: dict[str, Any]) -> None:
     if not (run_dir / STATE_FILE).exists():
         return
     recorded = run_dir / SETTINGS_FILE
-    previous = read_json(recorded, "settings of the unfinished run") if recorded.exists() else None
+    if not recorded.exists():
+        return  # a state from before settings were recorded: its loader checks what it can
+    previous = read_json(recorded, "settings of the unfinished run")
     if previous != settings:
-        change = first_difference(previous, settings) if previous else "settings unknown"
+        change = first_difference(previous, settings)
         raise UserError(
             f"{run_dir} holds an unfinished training with other settings ({change}); "
             "run the same command to resume it, or pass --overwrite to start over"
