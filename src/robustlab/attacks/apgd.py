@@ -150,8 +150,8 @@ class APGD(BatchedAttack):
             sub_t = None if target is None else target[todo]
             sub_aim = None if aim is None else aim[todo]
             again = self._ascend(view, x[todo], y[todo], sub_t, sub_aim, eps[todo], generator, stop)
-            better = todo[again[2] | (again[3] > loss[todo])]
-            keep = again[2] | (again[3] > loss[todo])
+            keep = again[2] | (again[3] > loss[todo])  # fooled now, or a higher loss
+            better = todo[keep]
             out[better], pred[better], fooled[better], loss[better] = (v[keep] for v in again)
         return out, pred, fooled, loss
 

@@ -295,14 +295,19 @@ def _read_folder_cached(
         raise UserError(
             f"{root}: class folder '{empty[0]}' has no readable images; remove it or add images"
         )
-    sizes = {array.shape[:2] for array in images}
+    check_one_size(images, root)
+    if any(array.ndim == 3 for array in images):
+        images = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in images]
+    stacked = np.stack(images)
+    return make_raw(stacked, np.asarray(labels, dtype=np.int64), list(classes), root, len(skipped))
+
+
+def check_one_size(arrays: list[np.ndarray], root: Path | str) -> None:
+    """Refuse decoded images of several sizes: they cannot form one (N, H, W, C) array."""
+    sizes = {array.shape[:2] for array in arrays}
     if len(sizes) > 1:
         shown = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3])
         raise UserError(
             f"{root}: images have different sizes ({shown}, ...); set image_size to resize "
             "them all to one square size"
         )
-    if any(array.ndim == 3 for array in images):
-        images = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in images]
-    stacked = np.stack(images)
-    return make_raw(stacked, np.asarray(labels, dtype=np.int64), list(classes), root, len(skipped))

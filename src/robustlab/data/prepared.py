@@ -44,6 +44,7 @@ from robustlab.data.folder import (
     MAX_PIXELS,
     _decode,
     _reason,
+    check_one_size,
     read_folder,
     scan_folder,
 )
@@ -215,13 +216,7 @@ def decode_files(
 
 def stack_images(arrays: list[np.ndarray], root: Path, channels: int) -> np.ndarray:
     """One (N, H, W, C) uint8 array: grey repeated to RGB when the folder has colour."""
-    sizes = {array.shape[:2] for array in arrays}
-    if len(sizes) > 1:
-        shown = ", ".join(f"{w}x{h}" for h, w in sorted(sizes)[:3])
-        raise UserError(
-            f"{root}: images have different sizes ({shown}, ...); set image_size to resize "
-            "them all to one square size"
-        )
+    check_one_size(arrays, root)
     if channels == 3:
         arrays = [a if a.ndim == 3 else np.repeat(a[:, :, None], 3, axis=2) for a in arrays]
     stacked = np.stack(arrays)
