@@ -21,7 +21,7 @@ from robustlab.errors import UserError
 
 def test_registry_lists_every_attack():
     names = list_attacks()
-    expected = {"fgsm", "ifgsm", "pgd", "pgd-l2", "mifgsm", "filter", "cw-l2", "minimal"}
+    expected = {"fgsm", "fgm", "ifgsm", "pgd", "pgd-l2", "mifgsm", "filter", "cw-l2", "minimal"}
     evaluation = {
         "apgd",
         "apgd-l2",

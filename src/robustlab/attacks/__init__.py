@@ -15,6 +15,8 @@ from robustlab.attacks.apgd_targeted import APGDTargeted, APGDTargetedL2
 from robustlab.attacks.autoattack import AutoAttack
 from robustlab.attacks.base import (
     Attack,
+    Batch,
+    DirectionAttack,
     LogitsModel,
     MinimumNormAttack,
     SoftmaxOutputWarning,
@@ -28,18 +30,20 @@ from robustlab.attacks.bpda import BPDA
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.epsilon import parse_eps, parse_eps_list
 from robustlab.attacks.fab import FAB
-from robustlab.attacks.fgsm import FGSM
+from robustlab.attacks.fgsm import FGM, FGSM
 from robustlab.attacks.filter import FilterAttack, FilterResult
 from robustlab.attacks.iterative import IFGSM, MIFGSM, PGD, PGDL2
 from robustlab.attacks.minimal import MinimalEps
 from robustlab.attacks.noise import GaussianNoise, SignNoise
 from robustlab.attacks.registry import (
     attack_class,
+    convert_setting,
     get_attack,
     list_attacks,
     setting_names,
     settings_from_strings,
 )
+from robustlab.attacks.spec import AttackSpec
 from robustlab.attacks.square import Square
 from robustlab.attacks.sweep import SweepResult, accuracy_from_min_eps, sweep, sweep_dataset
 
@@ -48,6 +52,7 @@ __all__ = [
     "APGDL2",
     "BPDA",
     "FAB",
+    "FGM",
     "FGSM",
     "IFGSM",
     "MIFGSM",
@@ -56,8 +61,11 @@ __all__ = [
     "APGDTargeted",
     "APGDTargetedL2",
     "Attack",
+    "AttackSpec",
     "AutoAttack",
+    "Batch",
     "CarliniWagnerL2",
+    "DirectionAttack",
     "FilterAttack",
     "FilterResult",
     "GaussianNoise",
@@ -72,6 +80,7 @@ __all__ = [
     "as_logits_model",
     "attack_class",
     "attack_mode",
+    "convert_setting",
     "flat_norm",
     "get_attack",
     "label_loss",

@@ -305,8 +305,17 @@ def dlr_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return -(label_logit - best_other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
 
 
-def objective(logits: Tensor, y: Tensor, target: Tensor | None, kind: str) -> Tensor:
-    """Per-sample value ``(B,)`` an attack increases: loss on ``y``, or minus loss on target."""
+def objective(
+    logits: Tensor, y: Tensor, target: Tensor | None, kind: str, reference: Tensor | None = None
+) -> Tensor:
+    """Per-sample value ``(B,)`` an attack increases: loss on ``y``, or minus loss on target.
+
+    ``kind='kl'`` is TRADES' inner loss (Zhang et al. 2019): the KL divergence from the clean
+    prediction ``reference`` ``(B, K)`` (softmax probabilities) to the prediction on ``logits``.
+    """
+    if kind == "kl":
+        assert reference is not None, "loss 'kl' needs the clean prediction"
+        return F.kl_div(logits.log_softmax(1), reference, reduction="none").sum(1)
     if target is None:
         return label_loss(logits, y, kind)
     return -label_loss(logits, target, kind)
@@ -324,17 +333,20 @@ def input_gradient(
     target: Tensor | None,
     loss: str,
     samples: int = 1,
+    reference: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Gradient of the summed objective w.r.t. ``x_adv`` and the logits, without any ``.grad``.
 
     ``samples > 1`` is EOT (expectation over transformation, for randomised models): the
-    gradient is averaged over that many passes, the logits are the last pass's.
+    gradient is averaged over that many passes, the logits are the last pass's. ``reference``:
+    the clean prediction, for ``loss='kl'``.
     """
     total: Tensor | None = None
     for _ in range(samples):
         x_adv.requires_grad_(True)
         logits = view(x_adv)
-        (grad,) = torch.autograd.grad(objective(logits, y, target, loss).sum(), x_adv)
+        value = objective(logits, y, target, loss, reference).sum()
+        (grad,) = torch.autograd.grad(value, x_adv)
         x_adv.requires_grad_(False)
         total = grad if total is None else total.add_(grad)
     assert total is not None
@@ -380,23 +392,44 @@ class SweepRunner:
     min_eps: Tensor | None = None
 
 
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One attack call's checked inputs, as the attack's hooks receive them."""
+
+    view: ModelView
+    x: Tensor  # (B, C, H, W) in [0, 1]
+    y: Tensor  # (B,) true labels
+    target: Tensor | None  # (B,) target classes, or None (untargeted)
+
+    def part(self, idx: Tensor | slice) -> Batch:
+        """The samples ``idx`` (a mask, indices or a slice) of this batch."""
+        target = None if self.target is None else self.target[idx]
+        return Batch(self.view, self.x[idx], self.y[idx], target)
+
+    def parts(self, size: int | None) -> list[Batch]:
+        """Consecutive sub-batches of at most ``size`` samples (``None``: the whole batch)."""
+        return [self.part(part) for part in chunks(self.x.shape[0], size)]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Attack:
     """Base class: settings only, validated at construction; the model comes with each call.
 
     Subclasses set ``name`` (registry name) and ``norm`` ('linf', 'l2' or 'none'), declare their
-    settings as fields (``eps`` among them when bounded) and implement ``_perturb``.
+    settings as fields (``eps`` among them when bounded) and implement ``_perturb`` and
+    ``_runner`` (or derive from ``DirectionAttack`` / ``MinimumNormAttack``, which do).
 
     Args:
         seed: seed of the attack's private random generator; ``None`` uses the global RNG.
         train_mode: what to do with a model in train mode: 'refuse' (UserError), 'eval'
-            (attack in eval mode, restore the modes afterwards) or 'keep' (attack as it is).
+            (attack in eval mode, restore the modes afterwards) or 'keep' (attack it as it is).
     """
 
     name: ClassVar[str] = "attack"
     norm: ClassVar[str] = "none"
     eps_high: ClassVar[float] = 1.0  # largest valid eps (pixel units)
     requires_target: ClassVar[bool] = False
+    losses: ClassVar[tuple[str, ...]] = LOSSES  # the values ``loss`` may take, if a setting
 
     seed: int | None = 0
     train_mode: str = "refuse"
@@ -412,7 +445,7 @@ class Attack:
             check_range(self._field("eps"), self.eps, 0.0, self.eps_high)
         loss = getattr(self, "loss", None)
         if loss is not None:
-            check_choice(self._field("loss"), loss, LOSSES)
+            check_choice(self._field("loss"), loss, self.losses)
 
     def _field(self, field: str) -> str:
         return f"{self.name}.{field}"
@@ -454,6 +487,15 @@ class Attack:
         if self.requires_target and target is None:
             raise UserError(f"attack '{self.name}' needs a target class")
         return x, y, target
+
+    @contextlib.contextmanager
+    def _session(
+        self, model: Callable[[Tensor], Any], x: Any, y: Any, target: Any
+    ) -> Iterator[Batch]:
+        """A checked batch for a public entry point, the model guarded meanwhile."""
+        x, y, target = self._check_call(x, y, target)
+        with attack_mode(model, self.train_mode):
+            yield Batch(ModelView(model, y, target), x, y, target)
 
     def _eps_tensor(self, x: Tensor, eps: float | None = None) -> Tensor:
         value = self.eps if eps is None else eps  # type: ignore[attr-defined]
@@ -499,23 +541,31 @@ class Attack:
         ``keep``: the caller keeps the adversarials (no early stopping); ``batch_size``: the
         most images the model may see at once (``None``: all of ``x``).
         """
+        return self._runner(Batch(view, x, y, target), keep, batch_size)
+
+    def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
+        """What ``_sweep_runner`` returns; each kind of attack implements this."""
         raise NotImplementedError
 
 
 class DirectionAttack(Attack):
     """An attack that moves every image along one fixed direction, scaled by eps.
 
-    FGSM (the gradient sign) and the noise baselines are of this kind, so a sweep computes the
-    direction once and reuses it for every epsilon.
+    FGSM (the gradient sign), FGM (the normalised gradient) and the noise baselines are of this
+    kind, so a sweep computes the direction once and reuses it for every epsilon.
     """
 
+    def direction(
+        self, model: Callable[[Tensor], Any], x: Tensor, y: Tensor, target: Any = None
+    ) -> Tensor:
+        """The direction ``(B, C, H, W)`` each image moves along; ``attack(model, x, y)`` is
+        ``x + eps * direction`` in the box. Defences use it for their own step (NSL)."""
+        with self._session(model, x, y, target) as batch:
+            direction, _ = self._direction(batch, self._generator(batch.x.device))
+        return direction
+
     def _direction(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
+        self, batch: Batch, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor | None]:
         """Return the direction ``(B, C, H, W)`` and the clean logits when computed."""
         raise NotImplementedError
@@ -534,30 +584,18 @@ class DirectionAttack(Attack):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        direction, _ = self._direction(view, x, y, target, generator)
+        direction, _ = self._direction(Batch(view, x, y, target), generator)
         return self._apply(x, direction, eps), None
 
-    def _sweep_runner(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        keep: bool,
-        batch_size: int | None,
-    ) -> SweepRunner:
-        generator = self._generator(x.device)
-        directions, preds = [], []
-        for part in chunks(x.shape[0], batch_size):
-            sub_target = None if target is None else target[part]
-            direction, logits = self._direction(view, x[part], y[part], sub_target, generator)
-            directions.append(direction)
-            preds.append(None if logits is None else logits.argmax(1))
-        direction = torch.cat(directions)
-        clean_pred = None if preds[0] is None else torch.cat(preds)  # type: ignore[arg-type]
+    def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
+        generator = self._generator(batch.x.device)
+        found = [self._direction(part, generator) for part in batch.parts(batch_size)]
+        direction = torch.cat([part_direction for part_direction, _ in found])
+        known = all(logits is not None for _, logits in found)
+        clean_pred = torch.cat([logits.argmax(1) for _, logits in found]) if known else None  # type: ignore[union-attr]
 
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
-            return self._apply(x[idx], direction[idx], eps), None
+            return self._apply(batch.x[idx], direction[idx], eps), None
 
         return SweepRunner(run, clean_pred=clean_pred)
 
@@ -569,32 +607,34 @@ class MinimumNormAttack(Attack):
     projects it onto every epsilon's ball and reports ``min_eps`` (the norm of each sample's
     smallest adversarial found, ``inf`` when none, 0 when the clean image is already
     misclassified), from which the whole accuracy-vs-epsilon curve follows.
+
+    Subclasses implement ``_find(batch, generator)`` (older ones ``_search(view, x, y, target,
+    generator)``, which the default ``_find`` calls).
     """
 
     def minimize(
         self, model: Callable[[Tensor], Any], x: Tensor, y: Tensor, target: Any = None
     ) -> tuple[Tensor, Tensor]:
         """Return ``(x_min (B, C, H, W), min_eps (B,))``; ``x_min = x`` where none was found."""
-        x, y, target = self._check_call(x, y, target)
-        with attack_mode(model, self.train_mode):
-            x_min, min_eps, _ = self._minimize(ModelView(model, y, target), x, y, target)
+        with self._session(model, x, y, target) as batch:
+            x_min, min_eps, _ = self._minimize(batch)
         return x_min, min_eps
 
-    def _minimize(
-        self, view: ModelView, x: Tensor, y: Tensor, target: Tensor | None
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    def _minimize(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
         """``(x_min, min_eps, clean_pred)``; only samples still correct are searched."""
-        clean_pred = view.predict(x)
-        todo = (~is_success(clean_pred, y, target)).nonzero().squeeze(1)
+        x = batch.x
+        clean_pred = batch.view.predict(x)
+        todo = (~is_success(clean_pred, batch.y, batch.target)).nonzero().squeeze(1)
         x_min = x.clone()
         min_eps = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         if todo.numel():
-            sub_target = None if target is None else target[todo]
-            found, norms = self._search(
-                view, x[todo], y[todo], sub_target, self._generator(x.device)
-            )
+            found, norms = self._find(batch.part(todo), self._generator(x.device))
             x_min[todo], min_eps[todo] = found, norms
         return x_min, min_eps, clean_pred
+
+    def _find(self, batch: Batch, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """The attack proper: ``(x_min, min_eps)`` with ``inf`` where nothing was found."""
+        return self._search(batch.view, batch.x, batch.y, batch.target, generator)
 
     def _search(
         self,
@@ -604,7 +644,7 @@ class MinimumNormAttack(Attack):
         target: Tensor | None,
         generator: torch.Generator | None,
     ) -> tuple[Tensor, Tensor]:
-        """The attack proper: ``(x_min, min_eps)`` with ``inf`` where nothing was found."""
+        """The older form of ``_find`` (FAB implements this one)."""
         raise NotImplementedError
 
     def _perturb(
@@ -617,28 +657,24 @@ class MinimumNormAttack(Attack):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor | None]:
-        x_min, _, _ = self._minimize(view, x, y, target)
+        x_min, _, _ = self._minimize(Batch(view, x, y, target))
         return project(x_min, x, eps, self.norm), None
 
-    def _sweep_runner(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        keep: bool,
-        batch_size: int | None,
-    ) -> SweepRunner:
-        parts = [
-            self._minimize(view, x[part], y[part], None if target is None else target[part])
-            for part in chunks(x.shape[0], batch_size)
-        ]
+    def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
+        parts = [self._minimize(part) for part in batch.parts(batch_size)]
         x_min, min_eps, clean_pred = (torch.cat(values) for values in zip(*parts, strict=True))
 
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
-            return project(x_min[idx], x[idx], eps, self.norm), None
+            return project(x_min[idx], batch.x[idx], eps, self.norm), None
 
         return SweepRunner(run, clean_pred=clean_pred, min_eps=min_eps)
+
+
+def join_parts(advs: list[Tensor], preds: list[Tensor | None]) -> tuple[Tensor, Tensor | None]:
+    """Adversarials and predictions of consecutive sub-batches, joined (``pred`` ``None``
+    unless every part computed it)."""
+    known = all(pred is not None for pred in preds)
+    return torch.cat(advs), torch.cat(preds) if known else None  # type: ignore[arg-type]
 
 
 def validate_epsilons(attack: Attack, epsilons: Sequence[float]) -> list[float]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from robustlab.attacks.base import Attack, ModelView, SweepRunner, chunks
+from robustlab.attacks.base import Attack, Batch, ModelView, SweepRunner, join_parts
 
 # per-sample loss ``(B,)`` to maximise, from logits ``(B, K)``
 LossFn = Callable[[Tensor], Tensor]
@@ -46,29 +46,22 @@ def loss_gradient(
 class BatchedAttack(Attack):
     """An attack that runs a batch at once and returns ``(x_adv, pred)`` from ``_perturb``."""
 
-    def _sweep_runner(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        keep: bool,
-        batch_size: int | None,
-    ) -> SweepRunner:
+    def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
+        view = batch.view
+
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
-            generator = self._generator(x.device)
+            generator = self._generator(batch.x.device)
             advs, preds, stages = [], [], []
-            for part in chunks(idx.shape[0], batch_size):
-                sel = idx[part]
-                sub_t = None if target is None else target[sel]
-                eps_t = self._eps_tensor(x[sel], eps)
-                adv, pred = self._perturb(view, x[sel], y[sel], sub_t, eps_t, generator, not keep)
+            for part in batch.part(idx).parts(batch_size):
+                eps_t = self._eps_tensor(part.x, eps)
+                adv, pred = self._perturb(
+                    view, part.x, part.y, part.target, eps_t, generator, not keep
+                )
                 advs.append(adv)
                 preds.append(pred)
                 stages.append(view.stage)
             if all(stage is not None for stage in stages):  # a cascade: join its chunks
                 view.stage = torch.cat(stages)  # type: ignore[arg-type]
-            known = all(pred is not None for pred in preds)
-            return torch.cat(advs), torch.cat(preds) if known else None  # type: ignore[arg-type]
+            return join_parts(advs, preds)
 
         return SweepRunner(run)

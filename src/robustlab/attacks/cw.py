@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.base import (
+    Batch,
     MinimumNormAttack,
-    ModelView,
     check_bool,
     check_steps,
     is_success,
@@ -69,14 +69,8 @@ class CarliniWagnerL2(MinimumNormAttack):
         check_range(self._field("kappa"), self.kappa, 0.0)
         check_bool(self._field("abort_early"), self.abort_early)
 
-    def _search(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor]:
+    def _find(self, batch: Batch, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        view, x, y, target = batch.view, batch.x, batch.y, batch.target
         batch, dims = x.shape[0], tuple(range(1, x.ndim))
         labels = y if target is None else target
         sign = 1.0 if target is None else -1.0  # margin = sign * (z_label - best other)

@@ -1,23 +1,28 @@
-"""FGSM: one signed-gradient step of size eps.
+"""FGSM and FGM: one gradient step of size eps, along its sign (Linf) or direction (L2).
 
 Goodfellow, Shlens & Szegedy, "Explaining and Harnessing Adversarial Examples", ICLR 2015,
-https://arxiv.org/abs/1412.6572. Threat model: white-box, Linf ball of radius ``eps``.
+https://arxiv.org/abs/1412.6572. Threat model: white-box, Linf (``fgsm``) or L2 (``fgm``) ball
+of radius ``eps``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor
 
 from robustlab.attacks.base import (
+    Batch,
     DirectionAttack,
-    ModelView,
     check_int,
     input_gradient,
     quiet_default,
 )
+
+# floor of a gradient's L2 norm before dividing by it (NSL's ``epsilon=1e-6``)
+_NORM_FLOOR = 1e-6
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -49,12 +54,37 @@ class FGSM(DirectionAttack):
         check_int(self._field("eot_samples"), self.eot_samples, 1)
 
     def _direction(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
+        self, batch: Batch, generator: torch.Generator | None
     ) -> tuple[Tensor, Tensor | None]:
-        grad, logits = input_gradient(view, x.clone(), y, target, self.loss, self.eot_samples)
-        return grad.sign_(), logits
+        grad, logits = input_gradient(
+            batch.view, batch.x.clone(), batch.y, batch.target, self.loss, self.eot_samples
+        )
+        return self._unit(grad), logits
+
+    def _unit(self, grad: Tensor) -> Tensor:
+        """The unit-norm direction of steepest ascent: the sign, for the Linf ball."""
+        return grad.sign_()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class FGM(FGSM):
+    """Fast gradient method in the L2 ball: ``x_adv = clip(x + eps * g / ||g||_2, 0, 1)``.
+
+    FGSM's L2 form (Goodfellow et al. 2015; Miyato et al. 2016 for the L2 step, the step that
+    TensorFlow Neural Structured Learning's adversarial regularisation takes). The norm is
+    taken per image over all of ``C*H*W``, floored at 1e-6 as NSL does.
+
+    Args:
+        eps: L2 radius in [0, 1] pixel units (may exceed 1, see ``pgd-l2``).
+        loss, eot_samples: as for ``fgsm``.
+    """
+
+    name = "fgm"
+    norm = "l2"
+    eps_high = math.inf
+
+    eps: float = 0.5
+
+    def _unit(self, grad: Tensor) -> Tensor:
+        squared = grad.flatten(1).square().sum(1).clamp_min(_NORM_FLOOR**2)
+        return grad * squared.rsqrt().view(-1, *([1] * (grad.ndim - 1)))

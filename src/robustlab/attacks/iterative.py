@@ -16,20 +16,22 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.base import (
+    LOSSES,
     Attack,
+    Batch,
     ModelView,
     SweepRunner,
     check_bool,
     check_int,
     check_steps,
-    chunks,
     flat_norm,
     input_gradient,
     is_success,
+    join_parts,
     objective,
     quiet_default,
 )
-from robustlab.errors import check_range
+from robustlab.errors import UserError, check_range
 
 _TINY = 1e-12  # guards divisions by a zero gradient norm
 
@@ -49,6 +51,7 @@ class _Work:
     upper: Tensor
     count: Tensor  # (A,) steps taken so far
     momentum: Tensor | None = None  # MI-FGSM's accumulated gradient
+    reference: Tensor | None = None  # (A, K) clean prediction, for loss 'kl' (TRADES)
 
     def __len__(self) -> int:
         return self.idx.shape[0]
@@ -73,7 +76,13 @@ class _Work:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class IterativeAttack(Attack):
-    """Shared loop of the iterative attacks; subclasses choose start, step size and step."""
+    """Shared loop of the iterative attacks; subclasses choose start, step size and step.
+
+    ``loss='kl'`` (besides the losses of every attack) ascends the KL divergence from the
+    model's clean prediction, TRADES' inner maximisation; it is untargeted.
+    """
+
+    losses = (*LOSSES, "kl")
 
     eps: float = 8 / 255
     steps: int = 10
@@ -112,27 +121,20 @@ class IterativeAttack(Attack):
         window: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """See ``Attack._perturb``; ``window`` caps the working batch when stopping early."""
-        best, pred = self._run(view, x, y, target, eps, generator, stop_on_success, window)
+        if self.loss == "kl" and target is not None:
+            raise UserError(f"{self._field('loss')} 'kl' is untargeted; give no target class")
+        batch = Batch(view, x, y, target)
+        if stop_on_success:
+            return self._restarts_early(batch, eps, generator, window or x.shape[0])
+        best, _ = self._run(batch, eps, generator)
         if self._restarts() == 1:
-            return best, pred
-        if stop_on_success:  # later restarts only attack the samples still standing
-            assert pred is not None
-            for _ in range(self._restarts() - 1):
-                todo = ~is_success(pred, y, target)
-                if not todo.any():
-                    break
-                sub_t = None if target is None else target[todo]
-                again, again_pred = self._run(
-                    view, x[todo], y[todo], sub_t, eps[todo], generator, True, window
-                )
-                assert again_pred is not None
-                best[todo], pred[todo] = again, again_pred
-            return best, pred
+            return best, None
         # keep, per sample, a successful run first, else the run with the highest objective
-        score, pred = self._score(view, best, y, target)
+        reference = self._reference(view, x)
+        score, pred = self._score(batch, best, reference)
         for _ in range(self._restarts() - 1):
-            again, _ = self._run(view, x, y, target, eps, generator, False)
-            again_score, again_pred = self._score(view, again, y, target)
+            again, _ = self._run(batch, eps, generator)
+            again_score, again_pred = self._score(batch, again, reference)
             better = again_score > score
             best[better], score[better], pred[better] = (
                 again[better],
@@ -141,109 +143,97 @@ class IterativeAttack(Attack):
             )
         return best, pred
 
-    def _sweep_runner(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        keep: bool,
-        batch_size: int | None,
-    ) -> SweepRunner:
+    def _restarts_early(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, window: int
+    ) -> tuple[Tensor, Tensor]:
+        """Early-stopping runs; later restarts only attack the samples still standing."""
+        best, pred = self._stream(batch, eps, generator, window)
+        for _ in range(self._restarts() - 1):
+            todo = ~is_success(pred, batch.y, batch.target)
+            if not todo.any():
+                break
+            best[todo], pred[todo] = self._stream(batch.part(todo), eps[todo], generator, window)
+        return best, pred
+
+    def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
         """A fresh seeded run per epsilon; streaming early stopping when nothing is kept."""
 
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
-            generator = self._generator(x.device)
-            sub_x, sub_y = x[idx], y[idx]
-            sub_t = None if target is None else target[idx]
-            eps_t = self._eps_tensor(sub_x, eps)
-            if not keep:
-                return self._perturb(view, sub_x, sub_y, sub_t, eps_t, generator, True, batch_size)
+            generator = self._generator(batch.x.device)
+            parts = [batch.part(idx)] if not keep else batch.part(idx).parts(batch_size)
             outs = [
                 self._perturb(
-                    view,
-                    sub_x[part],
-                    sub_y[part],
-                    None if sub_t is None else sub_t[part],
-                    eps_t[part],
+                    part.view,
+                    part.x,
+                    part.y,
+                    part.target,
+                    self._eps_tensor(part.x, eps),
                     generator,
-                    False,
+                    not keep,
+                    batch_size,
                 )
-                for part in chunks(sub_x.shape[0], batch_size)
+                for part in parts
             ]
-            preds = [pred for _, pred in outs]
-            known = all(pred is not None for pred in preds)
-            return torch.cat([adv for adv, _ in outs]), torch.cat(preds) if known else None  # type: ignore[arg-type]
+            return join_parts([adv for adv, _ in outs], [pred for _, pred in outs])
 
         return SweepRunner(run)
 
     @torch.no_grad()
     def _score(
-        self, view: ModelView, x_adv: Tensor, y: Tensor, target: Tensor | None
+        self, batch: Batch, x_adv: Tensor, reference: Tensor | None
     ) -> tuple[Tensor, Tensor]:
         """Rank of an iterate: success first (+inf), else its objective."""
-        logits = view(x_adv)
+        logits = batch.view(x_adv)
         pred = logits.argmax(1)
-        score = objective(logits, y, target, self.loss)
-        return score.masked_fill(is_success(pred, y, target), math.inf), pred
+        score = objective(logits, batch.y, batch.target, self.loss, reference)
+        return score.masked_fill(is_success(pred, batch.y, batch.target), math.inf), pred
+
+    @torch.no_grad()
+    def _reference(self, view: ModelView, x: Tensor) -> Tensor | None:
+        """The clean prediction ``(B, K)`` that loss 'kl' moves away from (else ``None``)."""
+        return view(x).softmax(1) if self.loss == "kl" else None
 
     def _new_work(
-        self,
-        idx: Tensor,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
+        self, batch: Batch, idx: Tensor, eps: Tensor, generator: torch.Generator | None
     ) -> _Work:
-        """Fresh state for the samples ``idx`` (their starts drawn now, in order)."""
+        """Fresh state for the samples ``batch`` at positions ``idx`` (starts drawn now)."""
+        x = batch.x
+        reference = self._reference(batch.view, x)  # before the start: TRADES' order of draws
         return _Work(
             idx=idx,
             x=x,
             x_adv=self._start(x, eps, generator),
-            y=y,
-            target=target,
+            y=batch.y,
+            target=batch.target,
             eps=eps,
             alpha=self._alpha(eps),
             lower=(x - eps).clamp_(min=0.0),
             upper=(x + eps).clamp_(max=1.0),
             count=torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
             momentum=self._momentum(x),
+            reference=reference,
+        )
+
+    def _gradient(self, view: ModelView, work: _Work) -> tuple[Tensor, Tensor]:
+        """Input gradient of the loss at ``work.x_adv`` and the logits there."""
+        return input_gradient(
+            view, work.x_adv, work.y, work.target, self.loss, self.eot_samples, work.reference
         )
 
     def _run(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
-        window: int | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """One run from one start; returns ``(x_adv, pred or None)``."""
-        if stop_on_success:
-            return self._stream(view, x, y, target, eps, generator, window or x.shape[0])
-        idx = torch.arange(x.shape[0], device=x.device)
-        work = self._new_work(idx, x, y, target, eps, generator)
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None
+    ) -> tuple[Tensor, None]:
+        """One run of every step from one start; returns ``(x_adv, None)``."""
+        idx = torch.arange(batch.x.shape[0], device=batch.x.device)
+        work = self._new_work(batch, idx, eps, generator)
         for _ in range(self.steps):
-            grad, _ = input_gradient(
-                view, work.x_adv, work.y, work.target, self.loss, self.eot_samples
-            )
+            grad, _ = self._gradient(batch.view, work)
             with torch.no_grad():
                 self._step(work, grad)
         return work.x_adv, None
 
     def _stream(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        window: int,
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, window: int
     ) -> tuple[Tensor, Tensor]:
         """Early-stopping run: samples leave at their first successful iterate.
 
@@ -251,6 +241,7 @@ class IterativeAttack(Attack):
         all its steps and been checked) frees its slot for the next one in the queue, so the
         model keeps seeing full batches (small batches cost more per image on many backends).
         """
+        x = batch.x
         total = x.shape[0]
         out = torch.empty_like(x)
         pred = torch.empty(total, dtype=torch.long, device=x.device)
@@ -261,16 +252,13 @@ class IterativeAttack(Attack):
             if free > 0 and admitted < total:
                 new = torch.arange(admitted, min(total, admitted + free), device=x.device)
                 admitted += new.shape[0]
-                sub_t = None if target is None else target[new]
-                fresh = self._new_work(new, x[new], y[new], sub_t, eps[new], generator)
+                fresh = self._new_work(batch.part(new), new, eps[new], generator)
                 work = fresh if work is None else work.extend(fresh)
             if work is None or len(work) == 0:
                 return out, pred
             # only the last check of samples out of steps needs no gradient; the rare robust
             # samples pay one backward pass for it, which keeps every batch full-sized
-            grad, logits = input_gradient(
-                view, work.x_adv, work.y, work.target, self.loss, self.eot_samples
-            )
+            grad, logits = self._gradient(batch.view, work)
             step_pred = logits.argmax(1)
             finished = is_success(step_pred, work.y, work.target) | (work.count >= self.steps)
             if finished.any():  # adversarial (or out of steps): record it, free the slot
@@ -320,8 +308,10 @@ class PGD(IterativeAttack):
         random_start: start uniformly in the ball (clipped to the box).
         restarts: independent random starts; per sample the first successful run wins,
             otherwise the run with the highest loss.
-        loss: 'ce', 'mse', 'margin' or 'dlr'.
+        loss: 'ce', 'mse', 'margin', 'dlr' or 'kl' (TRADES: away from the clean prediction).
         eot_samples: gradients averaged per step (EOT, for randomised models), >= 1.
+        start_sigma: when set, the random start is ``x + start_sigma * N(0, 1)`` (TRADES:
+            0.001) instead of uniform in the ball.
     """
 
     name = "pgd"
@@ -331,6 +321,7 @@ class PGD(IterativeAttack):
     abs_stepsize: float | None = None
     random_start: bool = True
     restarts: int = 1
+    start_sigma: float | None = quiet_default(None)
 
     def _validate(self) -> None:
         super()._validate()
@@ -340,6 +331,8 @@ class PGD(IterativeAttack):
             check_range(self._field("abs_stepsize"), self.abs_stepsize, 0.0, low_inclusive=False)
         check_bool(self._field("random_start"), self.random_start)
         check_int(self._field("restarts"), self.restarts, 1)
+        if self.start_sigma is not None:
+            check_range(self._field("start_sigma"), self.start_sigma, 0.0)
 
     def _alpha(self, eps: Tensor) -> Tensor:
         if self.abs_stepsize is not None:
@@ -353,6 +346,13 @@ class PGD(IterativeAttack):
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         if not self.random_start:
             return x.clone()
+        if self.start_sigma is not None:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            return noise.mul_(self.start_sigma).add_(x).clamp_(0.0, 1.0)
+        return self._uniform_start(x, eps, generator)
+
+    def _uniform_start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+        """A start drawn uniformly from the ball (clipped to the box)."""
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         return noise.mul_(2).sub_(1).mul_(eps).add_(x).clamp_(0.0, 1.0)
 
@@ -372,9 +372,7 @@ class PGDL2(PGD):
 
     eps: float = 0.5
 
-    def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
-        if not self.random_start:
-            return x.clone()
+    def _uniform_start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         # uniform in the ball: gaussian direction, radius eps * u^(1/d)
         direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         dims = x[0].numel()

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from robustlab.attacks.base import (
     Attack,
+    Batch,
     MinimumNormAttack,
-    ModelView,
     check_choice,
     check_int,
     check_steps,
@@ -68,24 +68,18 @@ class MinimalEps(MinimumNormAttack):
             settings["steps"] = self.steps
         return BASES[self.base](train_mode=self.train_mode, **settings)
 
-    def _search(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor]:
+    def _find(self, batch: Batch, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        view, x = batch.view, batch.x
         base = self.base_attack()
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         high = torch.full(shape, self.eps, dtype=x.dtype, device=x.device)
         low = torch.zeros_like(high)
 
         def probe(idx: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
-            sub_target = None if target is None else target[idx]
-            x_adv, pred = base._perturb(view, x[idx], y[idx], sub_target, eps, generator, True)
+            part = batch.part(idx)
+            x_adv, pred = base._perturb(view, part.x, part.y, part.target, eps, generator, True)
             pred = view.predict(x_adv) if pred is None else pred
-            return x_adv, is_success(pred, y[idx], sub_target)
+            return x_adv, is_success(pred, part.y, part.target)
 
         best = x.clone()
         everyone = torch.arange(x.shape[0], device=x.device)

@@ -12,12 +12,30 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from robustlab.attacks.base import DirectionAttack, ModelView
+from robustlab.attacks.base import Batch, DirectionAttack
 from robustlab.errors import check_range
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SignNoise(DirectionAttack):
+class NoiseAttack(DirectionAttack):
+    """A random direction drawn per pixel; the model only checks the labels."""
+
+    norm = "linf"
+
+    eps: float = 8 / 255
+
+    def _direction(
+        self, batch: Batch, generator: torch.Generator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        batch.view.validate(batch.x)  # labels checked against the model, which is not attacked
+        return self._draw(batch.x, generator), None
+
+    def _draw(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        raise NotImplementedError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SignNoise(NoiseAttack):
     """The leaf study's baseline: ``clip(x + eps * s, 0, 1)``, ``s`` uniform in {-1, +1} per pixel.
 
     Args:
@@ -27,25 +45,14 @@ class SignNoise(DirectionAttack):
     """
 
     name = "sign-noise"
-    norm = "linf"
 
-    eps: float = 8 / 255
-
-    def _direction(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor | None]:
-        view.validate(x)
+    def _draw(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
         bits = torch.randint(0, 2, x.shape, generator=generator, device=x.device)
-        return bits.to(x.dtype).mul_(2).sub_(1), None
+        return bits.to(x.dtype).mul_(2).sub_(1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class GaussianNoise(DirectionAttack):
+class GaussianNoise(NoiseAttack):
     """Gaussian noise, truncated to the Linf ball: ``clip(x + clamp(sigma * n, -eps, eps), 0, 1)``.
 
     The noise is clamped per pixel to ``[-eps, eps]`` so the attack keeps the Linf contract and
@@ -59,9 +66,7 @@ class GaussianNoise(DirectionAttack):
     """
 
     name = "gaussian-noise"
-    norm = "linf"
 
-    eps: float = 8 / 255
     sigma: float | None = None
 
     def _validate(self) -> None:
@@ -69,16 +74,8 @@ class GaussianNoise(DirectionAttack):
         if self.sigma is not None:
             check_range(self._field("sigma"), self.sigma, 0.0)
 
-    def _direction(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor | None]:
-        view.validate(x)
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype), None
+    def _draw(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     def _apply(self, x: Tensor, direction: Tensor, eps: Tensor | float) -> Tensor:
         noise = direction * (eps if self.sigma is None else self.sigma)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from robustlab.attacks.apgd import APGD, APGDL2
@@ -18,7 +18,7 @@ from robustlab.attacks.base import Attack
 from robustlab.attacks.cw import CarliniWagnerL2
 from robustlab.attacks.epsilon import parse_number
 from robustlab.attacks.fab import FAB
-from robustlab.attacks.fgsm import FGSM
+from robustlab.attacks.fgsm import FGM, FGSM
 from robustlab.attacks.filter import FilterAttack
 from robustlab.attacks.iterative import IFGSM, MIFGSM, PGD, PGDL2
 from robustlab.attacks.minimal import MinimalEps
@@ -30,6 +30,7 @@ ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (
         FGSM,
+        FGM,
         IFGSM,
         PGD,
         PGDL2,
@@ -68,30 +69,44 @@ def setting_names(name: str) -> list[str]:
     return [field.name for field in dataclasses.fields(attack_class(name))]
 
 
+def check_setting_names(kind: str, keys: Iterable[str], allowed: Iterable[str]) -> None:
+    """Refuse a key that is not among ``allowed``: ``unknown KIND 'key' (did you mean ...)``."""
+    allowed = list(allowed)
+    for key in keys:
+        if key not in allowed:
+            raise unknown_name(kind, key, allowed)
+
+
 def get_attack(name: str, **settings: Any) -> Attack:
     """Build the attack ``name`` with ``settings`` (validated; errors name the field)."""
     cls = attack_class(name)
-    allowed = setting_names(name)
-    for key in settings:
-        if key not in allowed:
-            raise unknown_name(f"setting for attack '{name}'", key, allowed)
+    check_setting_names(f"setting for attack '{name}'", settings, setting_names(name))
     return cls(**settings)
 
 
-def settings_from_strings(name: str, raw: Mapping[str, str]) -> dict[str, Any]:
-    """Convert ``{'steps': '20', 'eps': '8/255', 'seed': 'none'}`` to typed settings."""
+def settings_from_strings(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Convert ``{'steps': '20', 'eps': '8/255', 'seed': 'none'}`` to typed settings.
+
+    Values that are not strings are passed through (the attack's own checks judge them).
+    """
     cls = attack_class(name)
     hints = typing.get_type_hints(cls)
-    allowed = setting_names(name)
-    out: dict[str, Any] = {}
-    for key, text in raw.items():
-        if key not in allowed:
-            raise unknown_name(f"setting for attack '{name}'", key, allowed)
-        out[key] = _convert(f"{name}.{key}", text, hints[key])
-    return out
+    check_setting_names(f"setting for attack '{name}'", raw, setting_names(name))
+    return {
+        key: convert_setting(f"{name}.{key}", value, hints[key])
+        if isinstance(value, str)
+        else value
+        for key, value in raw.items()
+    }
 
 
-def _convert(field: str, text: str, hint: Any) -> Any:
+def convert_setting(field: str, text: str, hint: Any) -> Any:
+    """The one text-to-value converter of attack and defence settings (command line, YAML).
+
+    ``text`` becomes the type of ``hint``: ``none``/``null`` for an optional setting, a bool
+    (``true/yes/1/on``, ``false/no/0/off``), an int, a float (``0.1``, ``1e-3``, ``8/255``), else
+    the text itself. Ranges are not checked here: the attack or defence class does that.
+    """
     kinds = set(typing.get_args(hint)) or {hint}
     text = text.strip()
     if type(None) in kinds and text.lower() in ("none", "null"):

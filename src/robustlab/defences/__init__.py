@@ -1,11 +1,16 @@
 """Adversarial defences as training objectives: PGD-AT, fast FGSM-AT, TRADES, NSL.
 
 Command line: ``robustlab train ... --defence NAME --defence-opt key=value`` calls
-``build_defence``. Library: build a typed config and call ``make_defence``::
+``build_defence``. Study files hold a ``DefenceSpec`` (name + settings; it holds the
+``AttackSpec`` that crafts the examples). Library: build a typed config and call
+``make_defence``::
 
     objective = make_defence(PGDTrainingConfig(eps=0.1, steps=10, warmup_epochs=1))
     fit(model, train, val, TrainConfig(...), objective)
 
+Every defence crafts its examples with ``robustlab.attacks`` (``objective.attack``): PGD-AT
+with the evaluation's PGD (or any fixed-budget gradient attack of the registry), fast-AT with
+one PGD step, TRADES with PGD on the KL loss, NSL with FGM / FGSM (PGD for several steps).
 See ``robustlab.defences.objectives`` for the BatchNorm policy (craft in eval mode, update in
 train mode) and ``robustlab.defences.config`` for every setting, its units and its default.
 
@@ -38,10 +43,12 @@ from robustlab.defences.registry import (
     make_defence,
     parse_options,
 )
+from robustlab.defences.spec import DefenceSpec
 
 __all__ = [
     "DefenceConfig",
     "DefenceObjective",
+    "DefenceSpec",
     "FastFGSMConfig",
     "FastFGSMTraining",
     "NSLAdversarialRegularization",

@@ -8,12 +8,16 @@ keeps pretrained backbones from collapsing when adversarial fine-tuning begins.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from robustlab.errors import UserError, check_range, unknown_name
+
+if TYPE_CHECKING:
+    from robustlab.attacks import AttackSpec
 
 # Accepted spellings of each norm -> canonical name ('infinity' is NSL's NormType value).
 NORM_ALIASES: dict[str, str] = {
@@ -42,6 +46,13 @@ class DefenceConfig:
     def resolved(self) -> DefenceConfig:
         """The same settings with every derived default (e.g. ``step_size=None``) filled in."""
         return self
+
+    def _filled(self, **derived: Any) -> Self:
+        """A copy with derived defaults filled in (already validated: no second check)."""
+        copied = copy.copy(self)
+        for field, value in derived.items():
+            object.__setattr__(copied, field, value)
+        return copied
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able resolved settings: ``{"name": ..., every setting incl. defaults}``."""
@@ -85,43 +96,64 @@ class DefenceConfig:
         self._set(field, canonical)
         return canonical
 
-    def _eps(self, field: str, norm: str) -> float:
-        # An L-inf radius beyond 1 is meaningless on [0, 1] pixels; L2 radii can exceed 1.
-        return self._float(field, 0.0, 1.0 if norm == "linf" else None)
+
+# The L2 form of a Linf attack whose name is not NAME-l2.
+_L2_FORMS = {"fgsm": "fgm"}
+# TRADES' initial jitter around the clean input (official code: 0.001 * randn).
+TRADES_INIT_STD = 0.001
 
 
-# Gradient attacks a defence may craft with; value: the attack's L2 form (None: Linf only).
-CRAFTING_ATTACKS: dict[str, str | None] = {
-    "pgd": "pgd-l2",
-    "apgd": "apgd-l2",
-    "mifgsm": None,
-    "ifgsm": None,
-    "fgsm": None,
-}
+def crafting_attacks() -> list[str]:
+    """The registry's attacks that can craft training examples: every fixed-budget gradient
+    attack (those taking ``eot_samples``), not minimum-norm, target-only or cascade attacks."""
+    from robustlab.attacks import AutoAttack, MinimumNormAttack
+    from robustlab.attacks.registry import ATTACKS
+
+    def crafts(cls: type) -> bool:
+        names = {field.name for field in dataclasses.fields(cls)}
+        composite = issubclass(cls, MinimumNormAttack | AutoAttack)  # AutoAttack runs Square
+        return "eot_samples" in names and not cls.requires_target and not composite
+
+    return sorted(name for name, cls in ATTACKS.items() if crafts(cls))
 
 
 def crafting_attack_name(attack: str, norm: str) -> str:
-    """The registry name of the crafting attack for ``norm`` (errors name the field)."""
-    if attack not in CRAFTING_ATTACKS:
-        raise unknown_name(
-            "attack (a gradient attack to craft with)", str(attack), CRAFTING_ATTACKS
+    """The registry name of the crafting attack ``attack`` in ``norm`` (errors name the field)."""
+    from robustlab.attacks import attack_class
+
+    attack_class(attack)  # an unknown name: one line with the closest name
+    allowed = crafting_attacks()
+    if attack not in allowed:
+        raise UserError(
+            f"attack '{attack}' cannot craft training examples: only fixed-budget gradient "
+            f"attacks can ({', '.join(allowed)})"
         )
-    if norm == "linf":
+    if attack_class(attack).norm == norm:
         return attack
-    l2_form = CRAFTING_ATTACKS[attack]
-    if l2_form is None:
-        raise UserError(f"attack '{attack}' has no L2 form; use attack=pgd or apgd with norm=l2")
-    return l2_form
+    other = _L2_FORMS.get(attack, f"{attack}-l2") if norm == "l2" else None
+    if other not in allowed:
+        raise UserError(f"attack '{attack}' has no {norm} form; choose another attack or norm")
+    return other  # type: ignore[return-value]
 
 
-def build_crafting_attack(name: str, **settings: Any) -> Any:
-    """``get_attack(name, ...)`` with the settings it knows, seeded from the global RNG."""
-    from robustlab.attacks import get_attack, setting_names
+def crafting_spec(name: str, **settings: Any) -> AttackSpec:
+    """The ``AttackSpec`` of ``name`` with the settings it knows, seeded from the global RNG
+    (``seed=None``: the training loop seeds it per epoch, so training stays reproducible)."""
+    from robustlab.attacks import AttackSpec, setting_names
+    from robustlab.attacks.spec import validated
 
-    known = setting_names(name)
     if settings.get("eps") == 0:  # a zero ball: every step is zero, which PGD's checks refuse
         settings.pop("abs_stepsize", None)
-    return get_attack(name, seed=None, **{k: v for k, v in settings.items() if k in known})
+    known = setting_names(name)
+    kept = {key: value for key, value in settings.items() if key in known and value is not None}
+    return validated(AttackSpec, {"name": name, "settings": {**kept, "seed": None}})
+
+
+def attack_default(name: str, field: str) -> Any:
+    """A setting's default, read from the attack class (the one place it is written)."""
+    from robustlab.attacks import get_attack
+
+    return getattr(get_attack(name), field)
 
 
 def default_step_size(eps: float, steps: int) -> float:
@@ -133,20 +165,20 @@ def default_step_size(eps: float, steps: int) -> float:
 class PGDTrainingConfig(DefenceConfig):
     """PGD adversarial training (Madry et al. 2018, arXiv:1706.06083).
 
-    Each batch is replaced by its PGD adversarial examples: ``loss = CE(f(x_adv), y)``.
-    eps: ball radius in [0, 1] pixel units. steps: PGD iterations. step_size: per-step size in
-    pixel units, None -> 2.5 * eps / steps. norm: 'linf' or 'l2'. random_start: start uniformly
-    inside the ball. attack: the gradient attack of ``robustlab.attacks`` that crafts the
-    examples ('pgd', the default, is exactly the evaluation's PGD; 'apgd', 'mifgsm', 'ifgsm',
-    'fgsm' give APGD-, MI-FGSM-, ... adversarial training); its L2 form is used when
-    norm='l2'. The examples are crafted by the same code that evaluates the model.
+    Each batch is replaced by its adversarial examples: ``loss = CE(f(x_adv), y)``.
+    attack: the gradient attack of ``robustlab.attacks`` that crafts them ('pgd', the default,
+    is exactly the evaluation's PGD; 'apgd', 'mifgsm', 'ifgsm', 'fgsm', ... any fixed-budget
+    gradient attack of the registry), in its L2 form when norm='l2'. eps (ball radius, pixel
+    units) and steps: None takes the attack's own default. step_size: the attack's per-step size
+    in pixel units (``abs_stepsize``), None -> 2.5 * eps / steps. random_start: start
+    uniformly inside the ball. The examples are crafted by the same code that evaluates.
     """
 
     name: ClassVar[str] = "pgd"
     summary: ClassVar[str] = "PGD adversarial training (Madry et al. 2018): train on PGD examples"
 
-    eps: float = 8 / 255
-    steps: int = 10
+    eps: float | None = None
+    steps: int | None = None
     step_size: float | None = None
     norm: str = "linf"
     random_start: bool = True
@@ -155,33 +187,40 @@ class PGDTrainingConfig(DefenceConfig):
 
     def _validate(self) -> None:
         norm = self._norm("norm", ("linf", "l2"))
-        self._eps("eps", norm)
-        self._int("steps", 1)
-        self._optional_float("step_size")
-        self._bool("random_start")
         self._int("warmup_epochs", 0)
         crafting_attack_name(self.attack, norm)
+        self.crafting_spec()  # the attack checks eps, steps, step size and start
 
-    @property
-    def effective_step_size(self) -> float:
-        return default_step_size(self.eps, self.steps) if self.step_size is None else self.step_size
-
-    def crafting_attack(self) -> Any:
-        """The ``robustlab.attacks`` attack that crafts this defence's examples.
-
-        It draws its random start from the global RNG (``seed=None``), which the training
-        loop seeds per epoch, so training stays reproducible.
-        """
-        return build_crafting_attack(
-            crafting_attack_name(self.attack, self.norm),
-            eps=self.eps,
-            steps=self.steps,
-            abs_stepsize=self.effective_step_size,
-            random_start=self.random_start,
-        )
+    def _attack_name(self) -> str:
+        return crafting_attack_name(self.attack, self.norm)
 
     def resolved(self) -> PGDTrainingConfig:
-        return dataclasses.replace(self, step_size=self.effective_step_size)
+        name = self._attack_name()
+        eps = attack_default(name, "eps") if self.eps is None else self.eps
+        steps = self.steps
+        if steps is None:
+            steps = attack_default(name, "steps") if "steps" in _fields(name) else 1
+        step = self.step_size
+        if step is None and isinstance(steps, int) and steps >= 1:  # else the attack refuses
+            step = default_step_size(eps, steps)
+        return self._filled(eps=eps, steps=steps, step_size=step)
+
+    def crafting_spec(self) -> AttackSpec:
+        """The ``robustlab.attacks`` attack that crafts this defence's examples."""
+        c = self.resolved()
+        return crafting_spec(
+            self._attack_name(),
+            eps=c.eps,
+            steps=c.steps,
+            abs_stepsize=c.step_size,
+            random_start=c.random_start,
+        )
+
+
+def _fields(name: str) -> list[str]:
+    from robustlab.attacks import setting_names
+
+    return setting_names(name)
 
 
 @dataclass(frozen=True)
@@ -189,9 +228,10 @@ class FastFGSMConfig(DefenceConfig):
     """Fast adversarial training: FGSM from a random start (Wong, Rice, Kolter 2020, arXiv:2001.03994).
 
     One signed-gradient step of ``step_size`` from a uniform random point in the L-inf ball,
-    projected back into the ball: ``loss = CE(f(x_adv), y)`` at about twice the cost of plain
-    training. eps: L-inf radius in [0, 1] pixel units. step_size: None -> 1.25 * eps (the paper's
-    alpha; much larger steps cause catastrophic overfitting).
+    projected back into the ball (``robustlab.attacks``' 'pgd' with one step):
+    ``loss = CE(f(x_adv), y)`` at about twice the cost of plain training. eps: L-inf radius in
+    [0, 1] pixel units (None: pgd's default). step_size: None -> 1.25 * eps (the paper's alpha;
+    much larger steps cause catastrophic overfitting).
     """
 
     name: ClassVar[str] = "fast-fgsm"
@@ -199,27 +239,22 @@ class FastFGSMConfig(DefenceConfig):
         "fast adversarial training (Wong et al. 2020): FGSM from a random start"
     )
 
-    eps: float = 8 / 255
+    eps: float | None = None
     step_size: float | None = None
     warmup_epochs: int = 0
 
     def _validate(self) -> None:
-        self._eps("eps", "linf")
-        self._optional_float("step_size")
         self._int("warmup_epochs", 0)
-
-    @property
-    def effective_step_size(self) -> float:
-        return 1.25 * self.eps if self.step_size is None else self.step_size
-
-    def crafting_attack(self) -> Any:
-        """One PGD step of ``step_size`` from a random start: ``robustlab.attacks``' 'pgd'."""
-        return build_crafting_attack(
-            "pgd", eps=self.eps, steps=1, abs_stepsize=self.effective_step_size, random_start=True
-        )
+        self.crafting_spec()
 
     def resolved(self) -> FastFGSMConfig:
-        return dataclasses.replace(self, step_size=self.effective_step_size)
+        eps = attack_default("pgd", "eps") if self.eps is None else self.eps
+        step = 1.25 * eps if self.step_size is None else self.step_size
+        return self._filled(eps=eps, step_size=step)
+
+    def crafting_spec(self) -> AttackSpec:
+        c = self.resolved()
+        return crafting_spec("pgd", eps=c.eps, steps=1, abs_stepsize=c.step_size, random_start=True)
 
 
 @dataclass(frozen=True)
@@ -227,34 +262,43 @@ class TRADESConfig(DefenceConfig):
     """TRADES (Zhang et al. 2019, arXiv:1901.08573).
 
     ``loss = CE(f(x), y) + beta * KL(softmax f(x) || softmax f(x_adv))`` (batch mean), where
-    x_adv maximises the KL term by PGD from ``x + 0.001 * N(0, 1)``. beta: robustness/accuracy
-    trade-off (paper: 6). eps, steps, step_size (None -> 2.5 * eps / steps), norm as for 'pgd'.
+    x_adv maximises the KL term by ``robustlab.attacks``' PGD with ``loss='kl'``, from
+    ``x + 0.001 * N(0, 1)``. beta: robustness/accuracy trade-off (paper: 6). eps, steps,
+    step_size (None -> 2.5 * eps / steps), norm as for 'pgd'.
     """
 
     name: ClassVar[str] = "trades"
     summary: ClassVar[str] = "TRADES (Zhang et al. 2019): clean loss + beta * KL to PGD examples"
 
     beta: float = 6.0
-    eps: float = 8 / 255
-    steps: int = 10
+    eps: float | None = None
+    steps: int | None = None
     step_size: float | None = None
     norm: str = "linf"
     warmup_epochs: int = 0
 
     def _validate(self) -> None:
         self._float("beta")
-        norm = self._norm("norm", ("linf", "l2"))
-        self._eps("eps", norm)
-        self._int("steps", 1)
-        self._optional_float("step_size")
+        self._norm("norm", ("linf", "l2"))
         self._int("warmup_epochs", 0)
-
-    @property
-    def effective_step_size(self) -> float:
-        return default_step_size(self.eps, self.steps) if self.step_size is None else self.step_size
+        self.crafting_spec()
 
     def resolved(self) -> TRADESConfig:
-        return dataclasses.replace(self, step_size=self.effective_step_size)
+        pgd = PGDTrainingConfig(
+            eps=self.eps, steps=self.steps, step_size=self.step_size, norm=self.norm
+        ).resolved()
+        return self._filled(eps=pgd.eps, steps=pgd.steps, step_size=pgd.step_size)
+
+    def crafting_spec(self) -> AttackSpec:
+        c = self.resolved()
+        return crafting_spec(
+            crafting_attack_name("pgd", self.norm),
+            eps=c.eps,
+            steps=c.steps,
+            abs_stepsize=c.step_size,
+            loss="kl",
+            start_sigma=TRADES_INIT_STD,
+        )
 
 
 @dataclass(frozen=True)
@@ -262,21 +306,22 @@ class NSLConfig(DefenceConfig):
     """Adversarial regularisation as TensorFlow Neural Structured Learning does it.
 
     ``loss = CE(f(x), y) + multiplier * CE(f(x_nbr), y)``: the adversarial neighbour ``x_nbr``
-    is built from the gradient of the labeled (supervised, batch-mean) loss, and the neighbour
-    loss is the same supervised loss on it. Settings and defaults are those of NSL's
-    ``nsl.configs.make_adv_reg_config`` (v1.4):
+    is built from the gradient of the labeled loss, and the neighbour loss is the same
+    supervised loss on it. Settings and defaults are those of NSL's
+    ``nsl.configs.make_adv_reg_config`` (v1.4); the neighbour is crafted by
+    ``robustlab.attacks``: one step is FGM ('l2': g / ||g||_2) or FGSM ('linf' = NSL's
+    'infinity': sign(g)), more steps (or a random start) PGD in that norm.
 
     multiplier=0.2: weight of the neighbour loss.
     adv_step_size=0.001: size of each step along the normalised gradient (pixel units).
-    adv_grad_norm='l2': how the gradient is normalised, per example over all features:
-        'l2' (g / ||g||_2), 'linf' (= NSL 'infinity': sign(g)) or 'l1'.
-    pgd_iterations=1: gradient steps (1 = one FGM/FGSM-like step).
-    pgd_epsilon=None: radius of the ball around x the neighbour is projected into (None: none;
-        not supported with 'l1', as in NSL).
+    adv_grad_norm='l2': 'l2' or 'linf' (NSL's 'l1' has no attack in robustlab.attacks).
+    pgd_iterations=1: gradient steps (1 = one FGM/FGSM step).
+    pgd_epsilon=None: radius of the ball around x the neighbour is projected into (None: none).
     random_init=False: start from a uniform random point of the pgd_epsilon ball (needs
-        pgd_epsilon); every step then takes a fresh gradient.
-    clip_value_min=None, clip_value_max=None: clip the neighbour's pixels after every step (None:
-        unbounded, NSL's default; set 0 and 1 to keep neighbours valid images).
+        pgd_epsilon).
+    clip_value_min=None, clip_value_max=None: clip the neighbour's pixels (None: unbounded,
+        NSL's default, for one step; PGD's iterates always stay in [0, 1], the attack contract,
+        and the clip values then apply to its result).
     warmup_epochs=0 (not in NSL): plain loss only for the first epochs.
     """
 
@@ -299,7 +344,7 @@ class NSLConfig(DefenceConfig):
     def _validate(self) -> None:
         self._float("multiplier")
         self._float("adv_step_size")
-        norm = self._norm("adv_grad_norm", ("l2", "linf", "l1"))
+        self._norm("adv_grad_norm", ("l2", "linf"))
         self._int("pgd_iterations", 1)
         epsilon = self._optional_float("pgd_epsilon")
         random_init = self._bool("random_init")
@@ -308,7 +353,27 @@ class NSLConfig(DefenceConfig):
         self._int("warmup_epochs", 0)
         if low is not None and high is not None and low > high:
             raise UserError(f"clip_value_min ({low:g}) must be <= clip_value_max ({high:g})")
-        if norm == "l1" and epsilon is not None:
-            raise UserError("pgd_epsilon is not supported with adv_grad_norm 'l1' (nor in NSL)")
         if random_init and epsilon is None:
             raise UserError("random_init needs pgd_epsilon, the radius of the random start")
+        self.crafting_spec()
+
+    @property
+    def one_step(self) -> bool:
+        """One step from the clean input: FGSM / FGM's direction, NSL's unclipped step."""
+        return self.pgd_iterations == 1 and not self.random_init
+
+    def crafting_spec(self) -> AttackSpec:
+        step, norm = self.adv_step_size, self.adv_grad_norm
+        reach = step * self.pgd_iterations  # as far as the steps can go: no ball
+        eps = reach if self.pgd_epsilon is None else min(self.pgd_epsilon, reach)
+        if norm == "linf":
+            eps = min(eps, 1.0)  # beyond 1 the pixel box is the only bound
+        if self.one_step:
+            return crafting_spec(crafting_attack_name("fgsm", norm), eps=eps)
+        return crafting_spec(
+            crafting_attack_name("pgd", norm),
+            eps=eps,
+            steps=self.pgd_iterations,
+            abs_stepsize=step,
+            random_start=self.random_init,
+        )

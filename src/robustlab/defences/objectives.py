@@ -23,10 +23,10 @@ from __future__ import annotations
 import logging
 from typing import ClassVar, Generic, TypeVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robustlab.attacks import DirectionAttack
 from robustlab.defences.config import (
     DefenceConfig,
     FastFGSMConfig,
@@ -34,7 +34,6 @@ from robustlab.defences.config import (
     PGDTrainingConfig,
     TRADESConfig,
 )
-from robustlab.defences.perturb import perturb, random_in_ball
 from robustlab.training.loop import cross_entropy_objective
 from robustlab.training.modes import eval_mode
 
@@ -42,12 +41,13 @@ log = logging.getLogger(__name__)
 
 ConfigT = TypeVar("ConfigT", bound=DefenceConfig)
 
-# TRADES' initial jitter around the clean input (official code: 0.001 * randn).
-TRADES_INIT_STD = 0.001
-
 
 class DefenceObjective(Generic[ConfigT]):
-    """Base of every defence: warm-up, the BatchNorm policy, and the plain-loss fallback."""
+    """Base of every defence: warm-up, the BatchNorm policy, and the plain-loss fallback.
+
+    ``attack`` is the ``robustlab.attacks`` attack built from the config's ``crafting_spec()``:
+    every defence crafts its examples with it, the code path that evaluation runs.
+    """
 
     config_type: ClassVar[type[DefenceConfig]]
 
@@ -55,6 +55,7 @@ class DefenceObjective(Generic[ConfigT]):
         if not isinstance(config, self.config_type):
             raise TypeError(f"{type(self).__name__} needs a {self.config_type.__name__}")
         self.config = config
+        self.attack = config.crafting_spec().build()
         self._announced = False
 
     @property
@@ -89,7 +90,7 @@ class DefenceObjective(Generic[ConfigT]):
         raise NotImplementedError
 
     def _craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        raise NotImplementedError
+        return self.attack(model, x, y)
 
     def _inactive(self) -> bool:
         """True when the adversarial term has zero weight: skip crafting, train plainly."""
@@ -97,56 +98,31 @@ class DefenceObjective(Generic[ConfigT]):
 
 
 class PGDTraining(DefenceObjective[PGDTrainingConfig]):
-    """Madry et al.: minimise the cross-entropy on PGD adversarial examples only."""
+    """Madry et al.: minimise the cross-entropy on adversarial examples only (by default PGD's,
+    the evaluation's own attack, so training and evaluation agree)."""
 
     config_type = PGDTrainingConfig
-
-    def _craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        # the evaluation's own attack (robustlab.attacks), so training and evaluation agree
-        return self.config.crafting_attack()(model, x, y)
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(model(x_adv), y)
 
 
-class FastFGSMTraining(DefenceObjective[FastFGSMConfig]):
+class FastFGSMTraining(PGDTraining):
     """Wong et al.: one FGSM step from a uniform random start in the L-inf ball."""
 
     config_type = FastFGSMConfig
 
-    def _craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        return self.config.crafting_attack()(model, x, y)
-
-    def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
-        return F.cross_entropy(model(x_adv), y)
-
 
 class TRADESTraining(DefenceObjective[TRADESConfig]):
-    """Zhang et al.: clean cross-entropy plus beta * KL(clean || adversarial) predictions."""
+    """Zhang et al.: clean cross-entropy plus beta * KL(clean || adversarial) predictions.
+
+    The examples maximise the KL term: PGD with ``loss='kl'`` from a 0.001 Gaussian jitter.
+    """
 
     config_type = TRADESConfig
 
     def _inactive(self) -> bool:
         return self.config.beta == 0
-
-    def _craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        c = self.config
-        with torch.no_grad():
-            clean = F.softmax(model(x), dim=1)  # (B, K), fixed target of the inner maximisation
-
-        def kl_to_clean(logits: Tensor) -> Tensor:
-            return F.kl_div(F.log_softmax(logits, dim=1), clean, reduction="sum")
-
-        return perturb(
-            model,
-            x,
-            kl_to_clean,
-            step_size=c.effective_step_size,
-            steps=c.steps,
-            norm=c.norm,
-            radius=c.eps,
-            start=TRADES_INIT_STD * torch.randn_like(x),
-        )
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         logits = model(x)
@@ -159,11 +135,11 @@ class TRADESTraining(DefenceObjective[TRADESConfig]):
 class NSLAdversarialRegularization(DefenceObjective[NSLConfig]):
     """NSL: supervised loss + multiplier * the same loss on adversarial neighbours.
 
-    The neighbour follows ``nsl.lib.gen_adv_neighbor``: the first step uses the gradient of the
-    labeled loss (batch-mean cross-entropy) at the clean input, each further step (PGD) the same
-    loss at the current neighbour; a step adds ``adv_step_size`` times the gradient normalised
-    per example over all features; the result is projected into the ``pgd_epsilon`` ball (if
-    set) and clipped to [clip_value_min, clip_value_max] (if set) after every step.
+    The neighbour follows ``nsl.lib.gen_adv_neighbor``: one step of ``adv_step_size`` along
+    the gradient of the labeled loss at the clean input, normalised per example over all
+    features (FGM's direction for 'l2', FGSM's sign for 'linf'), projected into the
+    ``pgd_epsilon`` ball if set; more steps are PGD's. The result is clipped to
+    [clip_value_min, clip_value_max] where set.
     """
 
     config_type = NSLConfig
@@ -173,19 +149,22 @@ class NSLAdversarialRegularization(DefenceObjective[NSLConfig]):
 
     def _craft(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         c = self.config
-        start = random_in_ball(x, c.pgd_epsilon, c.adv_grad_norm) if c.random_init else None
-        return perturb(
-            model,
-            x,
-            lambda logits: F.cross_entropy(logits, y),
-            step_size=c.adv_step_size,
-            steps=c.pgd_iterations,
-            norm=c.adv_grad_norm,
-            radius=c.pgd_epsilon,
-            start=start,
-            clip=(c.clip_value_min, c.clip_value_max),
-        )
+        if c.one_step:  # NSL's step is not kept in [0, 1]: only the direction is the attack's
+            assert isinstance(self.attack, DirectionAttack)
+            neighbour = x + self.attack.eps * self.attack.direction(model, x, y)
+        else:
+            neighbour = self.attack(model, x, y)
+        if c.clip_value_min is None and c.clip_value_max is None:
+            return neighbour
+        return neighbour.clamp(c.clip_value_min, c.clip_value_max)
 
     def adversarial_loss(self, model: nn.Module, x: Tensor, x_adv: Tensor, y: Tensor) -> Tensor:
         labeled = F.cross_entropy(model(x), y)
         return labeled + self.config.multiplier * F.cross_entropy(model(x_adv), y)
+
+
+# Each defence config's training objective.
+OBJECTIVES: dict[type[DefenceConfig], type[DefenceObjective]] = {
+    objective.config_type: objective
+    for objective in (PGDTraining, FastFGSMTraining, TRADESTraining, NSLAdversarialRegularization)
+}

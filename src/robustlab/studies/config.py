@@ -22,7 +22,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from robustlab.attacks.spec import AttackSpec as AttackConfig  # the attacks package's spec
 from robustlab.budgets import budgets, check_budget
+from robustlab.defences.spec import DefenceSpec as DefenceConfig  # the defences package's spec
 from robustlab.errors import UserError, suggestion
 from robustlab.io import too_deep
 
@@ -61,19 +63,6 @@ class DataConfig(Strict):
         values = self.model_dump()
         values["classes"] = tuple(self.classes) if self.classes is not None else None
         return DataSpec(**values)
-
-
-class DefenceConfig(Strict):
-    """An adversarial-training defence: a registry name and its settings (see robustlab.defences)."""
-
-    name: str
-    settings: dict[str, Any] = Field(default_factory=dict)
-
-    def build(self) -> tuple[Any, dict[str, Any]]:
-        """The training objective and its resolved JSON-able settings."""
-        from robustlab.defences import defence_from_dict
-
-        return defence_from_dict({"name": self.name, **self.settings})
 
 
 class ModelConfig(Strict):
@@ -131,25 +120,6 @@ class ModelConfig(Strict):
             finetune_lr_factor=self.finetune_lr_factor,
             augment=self.augment,
         )
-
-
-class AttackConfig(Strict):
-    """An attack from ``robustlab.attacks``: registry name and settings other than ``eps``."""
-
-    name: str
-    settings: dict[str, Any] = Field(default_factory=dict)
-    label: str = ""  # how curves and tables name it; defaults to the name
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-    def build(self, eps: float | None = None) -> Any:
-        """The attack object (``eps`` only for attacks with a budget)."""
-        from robustlab.attacks import get_attack
-
-        settings = dict(self.settings) if eps is None else {**self.settings, "eps": eps}
-        return get_attack(self.name, **settings)
 
 
 class CurvesConfig(Strict):
