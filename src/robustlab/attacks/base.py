@@ -523,8 +523,15 @@ class Attack:
         """Attack a batch with per-sample ``eps`` ``(B, 1, 1, 1)``; return ``(x_adv, pred)``.
 
         With ``stop_on_success`` an iterative attack may return each sample's first successful
-        iterate and its predictions; ``pred`` is ``None`` when not computed.
+        iterate and its predictions; ``pred`` is ``None`` when not computed. Attacks implement
+        this or, with the batch bundled, ``_attack``.
         """
+        return self._attack(Batch(view, x, y, target), eps, generator, stop_on_success)
+
+    def _attack(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, stop_on_success: bool
+    ) -> tuple[Tensor, Tensor | None]:
+        """``_perturb`` with its inputs bundled in a ``Batch``."""
         raise NotImplementedError
 
     def _sweep_runner(
@@ -574,18 +581,11 @@ class DirectionAttack(Attack):
         """Return ``x`` moved by ``eps`` along ``direction``, in the box and the ball."""
         return (x + eps * direction).clamp_(0.0, 1.0)
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
+    def _attack(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, stop_on_success: bool
     ) -> tuple[Tensor, Tensor | None]:
-        direction, _ = self._direction(Batch(view, x, y, target), generator)
-        return self._apply(x, direction, eps), None
+        direction, _ = self._direction(batch, generator)
+        return self._apply(batch.x, direction, eps), None
 
     def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
         generator = self._generator(batch.x.device)
@@ -647,18 +647,11 @@ class MinimumNormAttack(Attack):
         """The older form of ``_find`` (FAB implements this one)."""
         raise NotImplementedError
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
+    def _attack(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, stop_on_success: bool
     ) -> tuple[Tensor, Tensor | None]:
-        x_min, _, _ = self._minimize(Batch(view, x, y, target))
-        return project(x_min, x, eps, self.norm), None
+        x_min, _, _ = self._minimize(batch)
+        return project(x_min, batch.x, eps, self.norm), None
 
     def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
         parts = [self._minimize(part) for part in batch.parts(batch_size)]

@@ -109,28 +109,24 @@ class IterativeAttack(Attack):
         torch.minimum(work.x_adv, work.upper, out=work.x_adv)
         torch.maximum(work.x_adv, work.lower, out=work.x_adv)
 
-    def _perturb(
+    def _attack(
         self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
+        batch: Batch,
         eps: Tensor,
         generator: torch.Generator | None,
         stop_on_success: bool,
         window: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """See ``Attack._perturb``; ``window`` caps the working batch when stopping early."""
-        if self.loss == "kl" and target is not None:
+        if self.loss == "kl" and batch.target is not None:
             raise UserError(f"{self._field('loss')} 'kl' is untargeted; give no target class")
-        batch = Batch(view, x, y, target)
         if stop_on_success:
-            return self._restarts_early(batch, eps, generator, window or x.shape[0])
+            return self._restarts_early(batch, eps, generator, window or batch.x.shape[0])
         best, _ = self._run(batch, eps, generator)
         if self._restarts() == 1:
             return best, None
         # keep, per sample, a successful run first, else the run with the highest objective
-        reference = self._reference(view, x)
+        reference = self._reference(batch.view, batch.x)
         score, pred = self._score(batch, best, reference)
         for _ in range(self._restarts() - 1):
             again, _ = self._run(batch, eps, generator)
@@ -162,16 +158,7 @@ class IterativeAttack(Attack):
             generator = self._generator(batch.x.device)
             parts = [batch.part(idx)] if not keep else batch.part(idx).parts(batch_size)
             outs = [
-                self._perturb(
-                    part.view,
-                    part.x,
-                    part.y,
-                    part.target,
-                    self._eps_tensor(part.x, eps),
-                    generator,
-                    not keep,
-                    batch_size,
-                )
+                self._attack(part, self._eps_tensor(part.x, eps), generator, not keep, batch_size)
                 for part in parts
             ]
             return join_parts([adv for adv, _ in outs], [pred for _, pred in outs])

@@ -77,7 +77,7 @@ class MinimalEps(MinimumNormAttack):
 
         def probe(idx: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
             part = batch.part(idx)
-            x_adv, pred = base._perturb(view, part.x, part.y, part.target, eps, generator, True)
+            x_adv, pred = base._attack(part, eps, generator, True)
             pred = view.predict(x_adv) if pred is None else pred
             return x_adv, is_success(pred, part.y, part.target)
 
