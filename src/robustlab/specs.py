@@ -96,31 +96,39 @@ def describe_problem(error: ValidationError, section: str, cls: type | None = No
     problems = error.errors(include_url=False)
     first = problems[0]
     loc = [part for part in first["loc"] if not str(part).startswith(("function-", "tuple["))]
-    kind, got = first["type"], first.get("input")
+    kind = first["type"]
     path = section + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
-    cause = first.get("ctx", {}).get("error")
     known = list(spec_fields(cls)) if cls is not None else []
-    if isinstance(cause, UserError):
-        message = str(cause)
-    elif kind in ("unexpected_keyword_argument", "extra_forbidden"):
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         key = str(loc[-1])
         message = f"unknown {section} spec field '{key}'{suggestion(key, known)}"
     elif kind in ("missing_argument", "missing"):
         message = f"{section} spec lacks field '{loc[-1]}'"
-    elif kind in _BOUNDS:
-        sign, bound = _BOUNDS[kind]
-        message = f"{path} must be {sign} {first['ctx'][bound]}, got {got!r}"
-    elif kind == "literal_error":
-        close = suggestion(str(got), re.findall(r"'([^']*)'", first["ctx"]["expected"]))
-        message = f"{path} must be one of {first['ctx']['expected']}, got {got!r}{close}"
-    elif kind in _KINDS:
-        message = f"{path} must be {_KINDS[kind]}, got {got!r}"
     else:
-        text = first["msg"].removeprefix("Value error, ")
-        message = f"{path}: {text[:1].lower() + text[1:]}, got {got!r}"
+        message = phrase_problem(first, path)
     if len(problems) > 1:
         message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
     return message
+
+
+def phrase_problem(problem: Mapping[str, Any], path: str) -> str:
+    """One pydantic problem (not an unknown or missing key) as ``PATH must be ..., got X``."""
+    kind, got = problem["type"], problem.get("input")
+    cause = problem.get("ctx", {}).get("error")
+    if isinstance(cause, UserError):
+        return str(cause)  # a spec's own check: its message already names the field
+    shown = "" if isinstance(got, dict | list) else f", got {got!r}"
+    if kind in _BOUNDS:
+        sign, bound = _BOUNDS[kind]
+        return f"{path} must be {sign} {problem['ctx'][bound]}{shown}"
+    if kind == "literal_error":
+        expected = problem["ctx"]["expected"]
+        close = suggestion(str(got), re.findall(r"'([^']*)'", expected))
+        return f"{path} must be one of {expected}{shown}{close}"
+    if kind in _KINDS:
+        return f"{path} must be {_KINDS[kind]}{shown}"
+    text = problem["msg"].removeprefix("Value error, ")
+    return f"{path}: {text[:1].lower() + text[1:]}{shown}"
 
 
 # ------------------------------------------------------------------------------ converter
@@ -165,20 +173,29 @@ def from_text(text: str, annotation: Any) -> Any:
     if optional and text.strip().lower() in NONE_WORDS:
         return None
     origin = typing.get_origin(inner)
-    if origin in (typing.Union, types.UnionType):  # e.g. a tuple or the word 'official'
-        words = [a for a in typing.get_args(inner) if typing.get_origin(a) is Literal]
+    words = [a for a in typing.get_args(inner) if typing.get_origin(a) is Literal]
+    if origin in (typing.Union, types.UnionType) and words:  # e.g. fractions or 'official'
         if any(text in typing.get_args(word) for word in words):
             return text
         inner = next(a for a in typing.get_args(inner) if a not in words)
         origin = typing.get_origin(inner)
     if origin is tuple:
-        items = typing.get_args(inner)
-        item_type = items[0] if items else str
-        return tuple(from_text(part.strip(), item_type) for part in text.split(",") if part.strip())
+        return _items(text, typing.get_args(inner))
     if origin is Literal:
         literal_types = {type(choice) for choice in typing.get_args(inner)}
         return _scalar(text, next(iter(literal_types)) if len(literal_types) == 1 else str)
     return _scalar(text, inner)
+
+
+def _items(text: str, item_types: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``'0.7,0.15,0.15'`` for ``tuple[float, float, float]``; ``'a,b'`` for ``tuple[str, ...]``."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    variable = len(item_types) == 2 and item_types[1] is Ellipsis
+    if item_types and not variable and len(parts) != len(item_types):
+        kind = "numbers" if item_types[0] in (int, float) else "values"
+        raise UserError(f"needs {len(item_types)} {kind}, got {len(parts)} in '{text}'")
+    item_type = item_types[0] if item_types else str
+    return tuple(from_text(part, item_type) for part in parts)
 
 
 def _scalar(text: str, kind: Any) -> Any:
@@ -187,11 +204,11 @@ def _scalar(text: str, kind: Any) -> Any:
         try:
             return int(text)
         except ValueError:
-            raise UserError(f"expected a whole number, got '{text}'") from None
+            raise UserError(f"must be a whole number, got '{text}'") from None
     if kind is float:
         number = read_number(text)
         if number is None:
-            raise UserError(f"expected a number (e.g. 0.5, 1e-3 or 8/255), got '{text}'")
+            raise UserError(f"must be a number (e.g. 0.5, 1e-3 or 8/255), got '{text}'")
         return number
     return text
 
