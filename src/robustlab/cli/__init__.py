@@ -18,7 +18,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from robustlab.allocator import reexec_with_tcmalloc
 from robustlab.errors import UserError
@@ -29,7 +30,36 @@ EXIT_USER_ERROR = 2
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 with usage on bad arguments; keep that, but as one line of error."""
+    """argparse exits 2 with usage on bad arguments; keep that, but as one line of error.
+
+    ``defer(add)``: options added when this parser is first used, not when it is built (the
+    spec-generated groups import torch; ``robustlab --help`` must not).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deferred: list[Callable[[argparse.ArgumentParser], Any]] = []
+
+    def defer(self, add: Callable[[argparse.ArgumentParser], Any]) -> None:
+        self._deferred.append(add)
+
+    def complete(self) -> argparse.ArgumentParser:
+        """Add the deferred options now (help, parsing, and tests that walk the parser)."""
+        while self._deferred:
+            self._deferred.pop(0)(self)
+        return self
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self.complete()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self.complete()
+        return super().format_usage()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(EXIT_USER_ERROR, f"robustlab: error: {message} (see '{self.prog} --help')\n")

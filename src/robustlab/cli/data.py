@@ -6,6 +6,16 @@ import argparse
 import json
 
 from robustlab.cli.common import add_data_dir
+from robustlab.cli.spec_args import add_spec_options, defer, spec_from_args
+
+INFO_FIELDS = ("task", "seed")  # DataSpec options of 'data info' and 'data prepare'
+PREPARE_FIELDS = ("image_size", "on_corrupt")
+
+
+def _data_spec() -> type:
+    from robustlab.data import DataSpec
+
+    return DataSpec
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     info = actions.add_parser("info", help="split sizes, classes and image shape of a data set")
     info.add_argument("name", help="data set name or path")
-    info.add_argument("--task", default=None)
-    info.add_argument("--split-seed", type=int, default=0)
+    defer(info, lambda parser: add_spec_options(parser, _data_spec(), fields=INFO_FIELDS))
     add_data_dir(info)
     prepare = actions.add_parser(
         "prepare",
@@ -27,8 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the cache. Run again to resume after a kill, or to rebuild after the folder changed.",
     )
     prepare.add_argument("name", help="path of an image folder (class sub-folders)")
-    prepare.add_argument("--image-size", type=int, default=None, help="resize to this square size")
-    prepare.add_argument("--on-corrupt", choices=("skip", "error"), default="skip")
+    defer(prepare, lambda parser: add_spec_options(parser, _data_spec(), fields=PREPARE_FIELDS))
     prepare.add_argument("--workers", type=int, default=None, help="decoding processes (cores)")
     add_data_dir(prepare)
     parser.set_defaults(func=run)
@@ -42,7 +50,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from robustlab.data.registry import canonical_name
     from robustlab.errors import UserError
 
-    spec = DataSpec(name=args.name, image_size=args.image_size, on_corrupt=args.on_corrupt)
+    spec = spec_from_args(args, DataSpec, fields=PREPARE_FIELDS, name=args.name)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if canonical_name(spec.name) is not None:
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "prepare":
         return run_prepare(args)
     if args.action == "info":
-        spec = DataSpec(name=args.name, task=args.task, seed=args.split_seed)
+        spec = spec_from_args(args, DataSpec, fields=INFO_FIELDS, name=args.name)
         print(json.dumps(dataset_info(spec, args.data_dir), indent=1))
         return 0
     rows = list_datasets(args.data_dir)

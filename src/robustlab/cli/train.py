@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from robustlab.cli.common import (
     model_spec_from,
     show_progress,
 )
+from robustlab.cli.spec_args import add_spec_options, defer, spec_from_args
 from robustlab.errors import UserError
 from robustlab.outdir import OutputLock, Replacement, claim
 
@@ -26,35 +26,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "history.json). Run the same command again after a crash to resume.",
     )
     add_data_args(parser)
-    parser.add_argument(
-        "--on-corrupt",
-        choices=("skip", "error"),
-        default="skip",
-        help="unreadable files in an image folder: skip them with a warning and a count "
-        "(recorded in config.json) or refuse the data set",
-    )
     add_model_args(parser)
+    defer(parser, _add_training_args)
+    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
+    parser.set_defaults(func=run, distributed=True)  # DDP under torchrun / --nproc
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    from robustlab.training import TrainSpec
+
     group = parser.add_argument_group("training")
-    group.add_argument("--strategy", default="frozen", help="frozen | finetune | scratch")
-    group.add_argument("--optimizer", default="rmsprop", help="rmsprop | adam | sgd")
-    group.add_argument("--lr", type=float, default=1e-4)
-    group.add_argument("--epochs", type=int, default=10)
-    group.add_argument("--batch-size", type=int, default=32)
-    group.add_argument("--patience", type=int, default=None, help="early stopping on val accuracy")
-    group.add_argument(
-        "--head-epochs", type=int, default=2, help="finetune: head-only epochs first"
-    )
-    group.add_argument("--unfreeze", default="all", help="finetune: 'all' or the last k blocks")
-    group.add_argument("--finetune-lr-factor", type=float, default=0.1)
-    group.add_argument("--weight-decay", type=float, default=0.0)
-    group.add_argument("--seed", type=int, default=0)
-    group.add_argument(
-        "--augment",
-        default="",
-        metavar="LIST",
-        help="opt-in training augmentation, comma-separated: crop (random resized crop), flip, "
-        "jitter (colour); recorded in config.json (default: none)",
-    )
+    add_spec_options(group, TrainSpec)
     group.add_argument("--defence", default=None, help="adversarial defence (see --defence list)")
     group.add_argument(
         "--defence-opt",
@@ -63,31 +47,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="defence setting, repeatable (e.g. eps=8/255, multiplier=0.2)",
     )
-    parser.add_argument("--out", type=Path, required=True, help="run directory to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
-    parser.set_defaults(func=run, distributed=True)  # DDP under torchrun / --nproc
 
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import distributed
-    from robustlab.training import TrainConfig, train_run
+    from robustlab.training import TrainSpec, train_run
 
-    config = TrainConfig(
-        strategy=args.strategy,
-        optimizer=args.optimizer,
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        patience=args.patience,
-        weight_decay=args.weight_decay,
-        head_epochs=args.head_epochs,
-        unfreeze=args.unfreeze,
-        finetune_lr_factor=args.finetune_lr_factor,
-        augment=tuple(name.strip() for name in args.augment.split(",") if name.strip()),
-    )
-    data = dataclasses.replace(data_spec_from(args), on_corrupt=args.on_corrupt)
+    config = spec_from_args(args, TrainSpec)
+    data = data_spec_from(args)
     model = model_spec_from(args)
     objective, defence = None, None
     if args.defence:

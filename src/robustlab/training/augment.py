@@ -8,10 +8,14 @@ follow timm's training defaults (crop scale 0.08..1, flip p=0.5, jitter 0.4).
 
 from __future__ import annotations
 
+import typing
+
 import torch
 from torch import Tensor
 
-AUGMENTATIONS: tuple[str, ...] = ("crop", "flip", "jitter")
+from robustlab.training.config import Augmentation
+
+AUGMENTATIONS: tuple[str, ...] = typing.get_args(Augmentation)
 
 
 def _pipeline(names: tuple[str, ...], size: tuple[int, int]):  # -> v2.Compose

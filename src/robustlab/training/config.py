@@ -1,78 +1,100 @@
-"""Training settings, validated once at the edge (errors name the field)."""
+"""Training settings: ``TrainSpec``, validated once at the edge (errors name the field)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+import typing
+from dataclasses import asdict
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field
 
 from robustlab.budgets import check_budget
-from robustlab.errors import UserError, check_range, unknown_name
+from robustlab.errors import UserError
+from robustlab.specs import spec
 
 Strategy = Literal["frozen", "finetune", "scratch"]
 OptimizerName = Literal["rmsprop", "adam", "sgd"]
-STRATEGIES: tuple[str, ...] = ("frozen", "finetune", "scratch")
-OPTIMIZERS: tuple[str, ...] = ("rmsprop", "adam", "sgd")
+Augmentation = Literal["crop", "flip", "jitter"]  # training.augment
+STRATEGIES: tuple[str, ...] = typing.get_args(Strategy)
+OPTIMIZERS: tuple[str, ...] = typing.get_args(OptimizerName)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
+def _check_augment(names: Any) -> Any:
+    choices = typing.get_args(Augmentation)
+    if isinstance(names, str) or not all(name in choices for name in names):
+        raise UserError(f"augment must be a list of {', '.join(choices)}, got {names!r}")
+    return names
+
+
+@spec("train")
+class TrainSpec:
     """How to train a classifier.
 
     strategy: ``frozen`` trains only a new head on a frozen backbone (features cached once);
         ``finetune`` trains the head for ``head_epochs`` on cached features, then unfreezes
         ``unfreeze`` (``"all"`` or the last k backbone blocks) at ``lr * finetune_lr_factor``;
         ``scratch`` trains every parameter from its initialisation.
-    lr: learning rate; the leaf study used RMSprop at 1e-4.
-    epochs: total epochs (for ``finetune`` this includes the head epochs).
-    patience: stop when validation accuracy has not improved for this many epochs and restore
-        the best weights; None trains every epoch.
     """
 
-    strategy: Strategy = "frozen"
-    optimizer: OptimizerName = "rmsprop"
-    lr: float = 1e-4
-    epochs: int = 10
-    batch_size: int = 32
-    seed: int = 0
-    patience: int | None = None
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    head_epochs: int = 2
-    unfreeze: str = "all"
-    finetune_lr_factor: float = 0.1
-    channels_last: bool = True
-    eval_batch_size: int = 128
-    augment: tuple[str, ...] = ()  # opt-in: any of "crop", "flip", "jitter" (training.augment)
+    strategy: Strategy = Field(
+        default="frozen",
+        description="frozen: new head on a frozen backbone; finetune: head first, then "
+        "unfreeze; scratch: every parameter",
+    )
+    optimizer: OptimizerName = Field(default="rmsprop", description="optimiser")
+    lr: float = Field(
+        default=1e-4, gt=0.0, le=10.0, allow_inf_nan=False, description="learning rate"
+    )
+    epochs: int = Field(
+        default=10, ge=1, strict=True, description="total epochs (finetune: head epochs included)"
+    )
+    batch_size: int = Field(default=32, ge=1, strict=True, description="images per training batch")
+    seed: int = Field(
+        default=0, ge=0, strict=True, description="seed of the head init and shuffling"
+    )
+    patience: int | None = Field(
+        default=None,
+        ge=1,
+        strict=True,
+        description="early stopping: epochs without a better val accuracy (best weights restored)",
+    )
+    weight_decay: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="L2 penalty")
+    momentum: float = Field(
+        default=0.9, ge=0.0, le=1.0, allow_inf_nan=False, description="sgd / rmsprop momentum"
+    )
+    head_epochs: int = Field(
+        default=2, ge=0, strict=True, description="finetune: head-only epochs first"
+    )
+    unfreeze: str = Field(default="all", description="finetune: 'all' or the last k blocks")
+    finetune_lr_factor: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="finetune: lr multiplier once the backbone is unfrozen",
+    )
+    channels_last: bool = Field(default=True, description="NHWC memory layout (faster on CPU)")
+    eval_batch_size: int = Field(
+        default=128, ge=1, strict=True, description="images per scoring batch"
+    )
+    augment: Annotated[tuple[Augmentation, ...], BeforeValidator(_check_augment)] = Field(
+        default=(),
+        description="opt-in training augmentation: crop (random resized crop), flip, jitter "
+        "(colour); recorded in config.json",
+    )
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise unknown_name("training strategy", self.strategy, STRATEGIES)
-        if self.optimizer not in OPTIMIZERS:
-            raise unknown_name("optimizer", self.optimizer, OPTIMIZERS)
-        check_range("lr", self.lr, 0.0, 10.0, low_inclusive=False)
-        check_range("weight_decay", self.weight_decay, 0.0)
-        check_range("momentum", self.momentum, 0.0, 1.0)
-        check_range("finetune_lr_factor", self.finetune_lr_factor, 0.0, 1.0, low_inclusive=False)
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            _check_int(name, getattr(self, name), 1)
-        _check_int("head_epochs", self.head_epochs, 0)
         check_budget("epochs", self.epochs, "epochs")
-        if self.patience is not None:
-            _check_int("patience", self.patience, 1)
         if self.strategy == "finetune" and self.head_epochs >= self.epochs:
             raise UserError(
                 f"head_epochs ({self.head_epochs}) must be < epochs ({self.epochs}) for finetune, "
                 "or nothing is fine-tuned"
             )
-        from robustlab.training.augment import AUGMENTATIONS
-
-        if isinstance(self.augment, str) or not all(a in AUGMENTATIONS for a in self.augment):
-            raise UserError(
-                f"augment must be a list of {', '.join(AUGMENTATIONS)}, got {self.augment!r}"
-            )
         object.__setattr__(self, "augment", tuple(dict.fromkeys(self.augment)))
         if self.unfreeze != "all" and not (self.unfreeze.isdigit() and int(self.unfreeze) > 0):
-            raise UserError(f"unfreeze must be 'all' or a positive number of blocks, got '{self.unfreeze}'")
+            raise UserError(
+                f"unfreeze must be 'all' or a positive number of blocks, got '{self.unfreeze}'"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -83,14 +105,8 @@ class TrainConfig:
         return values
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise unknown_name("training setting", key, known)
+    def from_dict(cls, values: dict[str, Any]) -> TrainSpec:
         return cls(**values)
 
 
-def _check_int(field: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise UserError(f"{field} must be an integer >= {low}, got {value!r}")
+TrainConfig = TrainSpec  # the name callers used before the specs contract (issue 12)
