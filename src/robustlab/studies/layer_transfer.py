@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -27,7 +27,11 @@ from robustlab.errors import UserError
 from robustlab.io import atomic_path, write_json
 from robustlab.studies import common
 from robustlab.studies.config import AttackConfig, Strict, StudyConfig
+from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step, StepContext
+
+if TYPE_CHECKING:
+    from robustlab.reporting import ReportSpec
 
 VARIANTS = ("AnB", "AnB+", "BnB", "BnB+")
 
@@ -71,11 +75,6 @@ class Config(StudyConfig):
             )
         return sorted(set(blocks))
 
-    def check(self) -> None:
-        total = count_blocks(self.arch)
-        if max(self.blocks) > total:
-            raise UserError(f"blocks: {self.arch} has {total} blocks, got n = {max(self.blocks)}")
-
     def models(self) -> list[str]:
         """Every model's name in training order: base B, then each variant at each n."""
         names = ["base-B"]
@@ -99,32 +98,6 @@ def count_blocks(arch: str) -> int:
 
 
 # -------------------------------------------------------------------------------- steps
-
-
-def steps(config: Config) -> list[Step]:
-    total = count_blocks(config.arch)
-    n_train = common.estimated_size(config.data) * config.data.split[0]
-    pixels = ((config.data.image_size or 96) / 96) ** 2
-    epoch_seconds = 12e-3 * n_train * pixels
-    out = [common.data_step(config.data)]
-    out.append(_train_step(config, "base-B", 0, "scratch", epoch_seconds * config.base_b_epochs))
-    for name in config.models()[1:]:
-        variant, n = _parse(name)
-        epochs = (
-            config.epochs
-            if not variant.endswith("+")
-            else config.plus_epochs + config.plus_finetune_epochs
-        )
-        share = 0.3 if n == total and not variant.endswith("+") else 1 - 0.5 * n / total
-        out.append(_train_step(config, name, n, variant, 3 + epoch_seconds * epochs * share))
-    n_test = min(
-        config.eval_limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
-    )
-    out.append(_craft_step(config, total, 2 + n_test * 4e-3 * pixels))
-    steps_pgd = int(config.pgd.settings.get("steps", 10))
-    per_model = n_test * 4e-3 * pixels * (3 + steps_pgd)
-    out.append(_evaluate_step(config, 2 + per_model * len(config.models())))
-    return out
 
 
 def _parse(name: str) -> tuple[str, int]:
@@ -293,10 +266,6 @@ def _evaluate_step(config: Config, expected: float) -> Step:
 # -------------------------------------------------------------------------------- report
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    return {"accuracy": results.get("evaluate", {}).get("accuracy", {})}
-
-
 def _curves_by_variant(
     config: Config, rows: Mapping[str, Any], key: str
 ) -> dict[str, list[float | None]]:
@@ -358,93 +327,144 @@ def plot_against_n(
     return path
 
 
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
+class LayerTransferStudy(Study[Config]):
+    """The study ``layer-transfer`` (``presets/layer-transfer.yaml``)."""
 
-    total = count_blocks(config.arch)
-    evaluation = results.get("evaluate", {})
-    rows = evaluation.get("accuracy", {})
-    figures_dir = run_dir / "evaluate"
-    figures = []
-    if rows:
-        plot_against_n(
-            config,
-            rows,
-            [("natural", "")],
-            figures_dir / "transfer_performance.png",
-            "Transfer performance: natural test accuracy vs n",
+    kind = "layer-transfer"
+    config_type = Config
+
+    def check(self, config: Config) -> None:
+        total = count_blocks(config.arch)
+        if max(config.blocks) > total:
+            raise UserError(
+                f"blocks: {config.arch} has {total} blocks, got n = {max(config.blocks)}"
+            )
+
+    def steps(self, config: Config) -> list[Step]:
+        total = count_blocks(config.arch)
+        n_train = common.estimated_size(config.data) * config.data.split[0]
+        pixels = ((config.data.image_size or 96) / 96) ** 2
+        epoch_seconds = 12e-3 * n_train * pixels
+        out = [common.data_step(config.data)]
+        out.append(
+            _train_step(config, "base-B", 0, "scratch", epoch_seconds * config.base_b_epochs)
         )
-        plot_against_n(
-            config,
-            rows,
-            [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")],
-            figures_dir / "adversarial_robustness.png",
-            f"Adversarial robustness vs n (ε = {config.eps:g})",
+        for name in config.models()[1:]:
+            variant, n = _parse(name)
+            epochs = (
+                config.epochs
+                if not variant.endswith("+")
+                else config.plus_epochs + config.plus_finetune_epochs
+            )
+            share = 0.3 if n == total and not variant.endswith("+") else 1 - 0.5 * n / total
+            out.append(_train_step(config, name, n, variant, 3 + epoch_seconds * epochs * share))
+        n_test = min(
+            config.eval_limit or 10**9,
+            round(common.estimated_size(config.data) * config.data.split[2]),
         )
-        figures = [
-            Figure(
-                "evaluate/transfer_performance.png",
-                "The source's first plot: transfer performance against n",
-            ),
-            Figure(
-                "evaluate/adversarial_robustness.png",
-                "The source's second plot: adversarial accuracy against n",
-            ),
-        ]
-    table_rows = []
-    for name in config.models():
-        train = results.get(common.train_step_name(name), {})
-        row = rows.get(name, {})
-        table_rows.append(
-            [
-                name,
-                train.get("epochs_run"),
-                train.get("val_accuracy"),
-                row.get("natural"),
-                row.get("fgsm_from_A"),
-                row.get("pgd_white_box"),
+        out.append(_craft_step(config, total, 2 + n_test * 4e-3 * pixels))
+        steps_pgd = int(config.pgd.settings.get("steps", 10))
+        per_model = n_test * 4e-3 * pixels * (3 + steps_pgd)
+        out.append(_evaluate_step(config, 2 + per_model * len(config.models())))
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        return {"accuracy": results.get("evaluate", {}).get("accuracy", {})}
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import Figure, ReportSpec, Section, Table
+
+        total = count_blocks(config.arch)
+        evaluation = results.get("evaluate", {})
+        rows = evaluation.get("accuracy", {})
+        figures_dir = run_dir / "evaluate"
+        figures = []
+        if rows:
+            plot_against_n(
+                config,
+                rows,
+                [("natural", "")],
+                figures_dir / "transfer_performance.png",
+                "Transfer performance: natural test accuracy vs n",
+            )
+            plot_against_n(
+                config,
+                rows,
+                [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")],
+                figures_dir / "adversarial_robustness.png",
+                f"Adversarial robustness vs n (ε = {config.eps:g})",
+            )
+            figures = [
+                Figure(
+                    "evaluate/transfer_performance.png",
+                    "The source's first plot: transfer performance against n",
+                ),
+                Figure(
+                    "evaluate/adversarial_robustness.png",
+                    "The source's second plot: adversarial accuracy against n",
+                ),
             ]
+        table_rows = []
+        for name in config.models():
+            train = results.get(common.train_step_name(name), {})
+            row = rows.get(name, {})
+            table_rows.append(
+                [
+                    name,
+                    train.get("epochs_run"),
+                    train.get("val_accuracy"),
+                    row.get("natural"),
+                    row.get("fgsm_from_A"),
+                    row.get("pgd_white_box"),
+                ]
+            )
+        data = results.get("data", {})
+        sizes = data.get("sizes", {})
+        text = [
+            "Source: a MobileNetV2 layer-transfer study. Base A is ImageNet-pretrained; base B is "
+            "trained on the target set; AnB copies A's first n blocks frozen and re-initialises the "
+            "rest (4 epochs); AnB+ copies them trainable (2 epochs, then 2 of fine-tuning); an FGSM "
+            "test set is crafted with base A's loss; natural and adversarial accuracy are plotted against n.",
+            f"Here: base A = ImageNet {config.arch} ({config.pretrained} weights), which has {total} "
+            f"blocks; B = {config.data.name} task '{data.get('task')}' ({len(data.get('classes', []))} "
+            f"classes, {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')} images at "
+            f"{'x'.join(map(str, data.get('image_shape', [])))}). The source's target set, ImageNet-R, "
+            "cannot be downloaded here, so a leaf-disease task stands in for it.",
+            f"Base A's own head predicts ImageNet classes, so its loss on B's labels needs a B head: "
+            f"the FGSM test set is crafted on {variant_name('AnB', total)}, i.e. A's frozen features "
+            "plus a head trained on B (the n = all AnB model). BnB / BnB+ copy from base B instead of "
+            f"A. AnB+ / BnB+ train every layer for {config.plus_epochs} epochs, then fine-tune "
+            f"{config.plus_finetune_epochs} more at {config.train.finetune_lr_factor:g} x the learning rate. "
+            f"Beyond the source: white-box {config.pgd.name} on every model.",
+            f"To stay affordable on 2 CPU cores: n in {config.blocks} only, "
+            f"{config.data.image_size or 'native'} px images, at most {config.data.limit or 'all'} "
+            f"images, attacks on {evaluation.get('n', '?')} test images, ε = {config.eps:g}.",
+            *config.notes,
+        ]
+        sections = [
+            Section(
+                id="overview",
+                title="What this study does",
+                text="\n\n".join(text),
+                tables=[
+                    Table(
+                        [
+                            "model",
+                            "epochs",
+                            "val acc",
+                            "natural acc",
+                            "FGSM from A",
+                            "PGD white-box",
+                        ],
+                        table_rows,
+                        f"Test accuracy of every model (ε = {config.eps:g})",
+                    )
+                ],
+                figures=figures,
+            )
+        ]
+        return ReportSpec(
+            title=config.title or "Layer-transfer study: AnB / AnB+ / BnB / BnB+",
+            subtitle=f"{config.arch}, B = {config.data.name}",
+            sections=sections,
         )
-    data = results.get("data", {})
-    sizes = data.get("sizes", {})
-    text = [
-        "Source: a MobileNetV2 layer-transfer study. Base A is ImageNet-pretrained; base B is "
-        "trained on the target set; AnB copies A's first n blocks frozen and re-initialises the "
-        "rest (4 epochs); AnB+ copies them trainable (2 epochs, then 2 of fine-tuning); an FGSM "
-        "test set is crafted with base A's loss; natural and adversarial accuracy are plotted against n.",
-        f"Here: base A = ImageNet {config.arch} ({config.pretrained} weights), which has {total} "
-        f"blocks; B = {config.data.name} task '{data.get('task')}' ({len(data.get('classes', []))} "
-        f"classes, {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')} images at "
-        f"{'x'.join(map(str, data.get('image_shape', [])))}). The source's target set, ImageNet-R, "
-        "cannot be downloaded here, so a leaf-disease task stands in for it.",
-        f"Base A's own head predicts ImageNet classes, so its loss on B's labels needs a B head: "
-        f"the FGSM test set is crafted on {variant_name('AnB', total)}, i.e. A's frozen features "
-        "plus a head trained on B (the n = all AnB model). BnB / BnB+ copy from base B instead of "
-        f"A. AnB+ / BnB+ train every layer for {config.plus_epochs} epochs, then fine-tune "
-        f"{config.plus_finetune_epochs} more at {config.train.finetune_lr_factor:g} x the learning rate. "
-        f"Beyond the source: white-box {config.pgd.name} on every model.",
-        f"To stay affordable on 2 CPU cores: n in {config.blocks} only, "
-        f"{config.data.image_size or 'native'} px images, at most {config.data.limit or 'all'} "
-        f"images, attacks on {evaluation.get('n', '?')} test images, ε = {config.eps:g}.",
-        *config.notes,
-    ]
-    sections = [
-        Section(
-            id="overview",
-            title="What this study does",
-            text="\n\n".join(text),
-            tables=[
-                Table(
-                    ["model", "epochs", "val acc", "natural acc", "FGSM from A", "PGD white-box"],
-                    table_rows,
-                    f"Test accuracy of every model (ε = {config.eps:g})",
-                )
-            ],
-            figures=figures,
-        )
-    ]
-    return ReportSpec(
-        title=config.title or "Layer-transfer study: AnB / AnB+ / BnB / BnB+",
-        subtitle=f"{config.arch}, B = {config.data.name}",
-        sections=sections,
-    )

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -43,7 +43,11 @@ from robustlab.studies.config import (
     StudyConfig,
     TransferConfig,
 )
+from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step, StepContext
+
+if TYPE_CHECKING:
+    from robustlab.reporting import ReportSpec
 
 # The source's figures (MobileNetV2 surrogate, InceptionV3 target, 812 test images, T = 1).
 SOURCE_ACCURACY = {
@@ -83,31 +87,6 @@ class Config(StudyConfig):
     transfer: TransferConfig | None = None
     shape_eps: float = Field(default=0.03, ge=0.0, le=1.0)  # where the source's shape is checked
 
-    def check(self) -> None:
-        """Cross-references between sections: every named model exists."""
-        names = [model.name for model in self.effective_models()]
-        if len(set(names)) != len(names):
-            raise UserError(f"model names must be unique, got {', '.join(names)}")
-        refs = [("surrogate", self.effective_surrogate()), ("target", self.effective_target())]
-        for i, curves in enumerate(self.curves):
-            refs += [(f"curves[{i}].target", curves.target)] if curves.target else []
-            refs += [(f"curves[{i}].surrogates", name) for name in curves.surrogates or []]
-        if self.transfer and self.transfer.models:
-            refs += [("transfer.models", name) for name in self.transfer.models]
-        for where, name in refs:
-            if name not in names:
-                raise UserError(f"{where}: {unknown_name('model', name, names)}")
-        if self.online:
-            import timm
-
-            if not timm.is_model(self.online_backbone):
-                raise UserError(
-                    f"online_backbone: {unknown_name('architecture', self.online_backbone, timm.list_models())}"
-                )
-        names_used = [c.name for c in self.curves]
-        if len(set(names_used)) != len(names_used):
-            raise UserError(f"curves names must be unique, got {', '.join(names_used)}")
-
     def effective_models(self) -> list[ModelConfig]:
         """The models trained: offline as configured; online with the source's backbones."""
         if not self.online:
@@ -136,48 +115,6 @@ class Config(StudyConfig):
 
 
 # -------------------------------------------------------------------------------- steps
-
-
-def steps(config: Config) -> list[Step]:
-    models = config.effective_models()
-    target = config.effective_target()
-    n_test = max(1, round(common.estimated_size(config.data) * config.data.split[2]))
-    per_image = _gradient_cost(config)
-    out = [common.data_step(config.data)]
-    out += [
-        common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in models
-    ]
-    for curves in config.resolved_curves():
-        out.append(
-            common.curves_step(
-                curves,
-                config.data,
-                curves.target or target,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.curves_estimate(curves, n_test, per_image),
-            )
-        )
-    out.append(
-        Step(
-            "shape-check",
-            "check the source's result shape",
-            lambda ctx: shape_check(config, ctx.results),
-            0.1,
-        )
-    )
-    out.append(_example_step(config, target))
-    if config.transfer is not None:
-        names = config.transfer.models or [m.name for m in models]
-        out.append(
-            common.transfer_step(
-                config.transfer,
-                config.data,
-                names,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
-            )
-        )
-    return out
 
 
 def _gradient_cost(config: Config) -> float:
@@ -276,113 +213,7 @@ def shape_check(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``robustlab run leaf`` prints: each model's test accuracy and the shape check."""
-    accuracy = {
-        name.removeprefix("train-"): result.get("test_accuracy")
-        for name, result in results.items()
-        if name.startswith("train-")
-    }
-    return {"test_accuracy": accuracy, "shape": results.get("shape-check", {})}
-
-
 # -------------------------------------------------------------------------------- report
-
-
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
-
-    models = config.effective_models()
-    target = config.effective_target()
-    shape = results.get("shape-check", {})
-    data = results.get("data", {})
-    sections = [
-        Section(
-            id="overview",
-            title="What this study does",
-            text="\n\n".join(_overview(config, data)),
-            tables=[
-                common.models_table(results, models, "Accuracy of the trained models"),
-                _source_models_table(),
-            ],
-        )
-    ]
-    if shape:
-        holds = all(
-            shape[k]
-            for k in ("white_far_below_black", "black_below_noise", "noise_within_3pp_of_clean")
-        )
-        sections.append(
-            Section(
-                id="shape",
-                title="Does the source's result hold?",
-                text=(
-                    f"The source found, at ε = 0.03, white-box accuracy far below black-box accuracy, "
-                    f"black-box below random noise, and noise close to clean accuracy. Here, at "
-                    f"ε = {shape['eps']:g} on target '{target}' (surrogate '{config.effective_surrogate()}'): "
-                    + (
-                        "the shape holds."
-                        if holds
-                        else "the shape does NOT fully hold; see the table."
-                    )
-                ),
-                tables=[
-                    Table(
-                        ["", "clean", "white-box", "black-box", "noise"],
-                        [
-                            [
-                                "this run",
-                                shape["clean"],
-                                shape["white_box"],
-                                shape["black_box"],
-                                shape["noise"],
-                            ],
-                            [
-                                "source (InceptionV3 target)",
-                                SOURCE_ACCURACY["target"]["test"],
-                                *[SOURCE_CURVES[k][2] for k in ("white-box", "black-box", "noise")],
-                            ],
-                        ],
-                        f"Accuracy at ε = {shape['eps']:g}",
-                    ),
-                    Table(
-                        ["check", "holds"],
-                        [
-                            [
-                                "white-box at least 20 pp below black-box",
-                                shape["white_far_below_black"],
-                            ],
-                            ["black-box below noise", shape["black_below_noise"]],
-                            ["noise within 3 pp of clean", shape["noise_within_3pp_of_clean"]],
-                        ],
-                    ),
-                ],
-            )
-        )
-    for i, curves in enumerate(config.curves):
-        step = common.curves_step_name(curves)
-        if step in results:
-            intro = (
-                "The source's figure (iterative FGSM, squared-error loss, T = 1)." if i == 0 else ""
-            )
-            sections.append(
-                common.curves_section(
-                    run_dir, step, f"curves-{curves.name}", intro, curves.attack.display
-                )
-            )
-    if "examples" in results:
-        sections.append(_examples_section(results["examples"], Figure, Section))
-    if "transfer-matrix" in results:
-        sections.append(
-            common.transfer_section(
-                run_dir, "transfer", "Beyond the source: every trained model attacks every other."
-            )
-        )
-    return ReportSpec(
-        title=config.title or "Leaf study: transfer learning and adversarial attacks",
-        subtitle=f"target {target}, surrogate {config.effective_surrogate()}, data {config.data.name}",
-        sections=sections,
-    )
 
 
 def _overview(config: Config, data: Mapping[str, Any]) -> list[str]:
@@ -446,3 +277,187 @@ def _examples_section(result: Mapping[str, Any], figure_cls: Any, section_cls: A
         f"ε = {result['eps']:g} on '{result['target']}'. The perturbation is amplified to be visible.",
         figures=figures,
     )
+
+
+class LeafStudy(Study[Config]):
+    """The study ``leaf`` (``presets/leaf.yaml``)."""
+
+    kind = "leaf"
+    config_type = Config
+
+    def check(self, config: Config) -> None:
+        """Cross-references between sections: every named model exists."""
+        names = [model.name for model in config.effective_models()]
+        if len(set(names)) != len(names):
+            raise UserError(f"model names must be unique, got {', '.join(names)}")
+        refs = [("surrogate", config.effective_surrogate()), ("target", config.effective_target())]
+        for i, curves in enumerate(config.curves):
+            refs += [(f"curves[{i}].target", curves.target)] if curves.target else []
+            refs += [(f"curves[{i}].surrogates", name) for name in curves.surrogates or []]
+        if config.transfer and config.transfer.models:
+            refs += [("transfer.models", name) for name in config.transfer.models]
+        for where, name in refs:
+            if name not in names:
+                raise UserError(f"{where}: {unknown_name('model', name, names)}")
+        if config.online:
+            import timm
+
+            if not timm.is_model(config.online_backbone):
+                raise UserError(
+                    f"online_backbone: {unknown_name('architecture', config.online_backbone, timm.list_models())}"
+                )
+        names_used = [c.name for c in config.curves]
+        if len(set(names_used)) != len(names_used):
+            raise UserError(f"curves names must be unique, got {', '.join(names_used)}")
+
+    def steps(self, config: Config) -> list[Step]:
+        models = config.effective_models()
+        target = config.effective_target()
+        n_test = max(1, round(common.estimated_size(config.data) * config.data.split[2]))
+        per_image = _gradient_cost(config)
+        out = [common.data_step(config.data)]
+        out += [
+            common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in models
+        ]
+        for curves in config.resolved_curves():
+            out.append(
+                common.curves_step(
+                    curves,
+                    config.data,
+                    curves.target or target,
+                    batch_size=config.eval_batch_size,
+                    expected_seconds=common.curves_estimate(curves, n_test, per_image),
+                )
+            )
+        out.append(
+            Step(
+                "shape-check",
+                "check the source's result shape",
+                lambda ctx: shape_check(config, ctx.results),
+                0.1,
+            )
+        )
+        out.append(_example_step(config, target))
+        if config.transfer is not None:
+            names = config.transfer.models or [m.name for m in models]
+            out.append(
+                common.transfer_step(
+                    config.transfer,
+                    config.data,
+                    names,
+                    batch_size=config.eval_batch_size,
+                    expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
+                )
+            )
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        """What ``robustlab run leaf`` prints: each model's test accuracy and the shape check."""
+        accuracy = {
+            name.removeprefix("train-"): result.get("test_accuracy")
+            for name, result in results.items()
+            if name.startswith("train-")
+        }
+        return {"test_accuracy": accuracy, "shape": results.get("shape-check", {})}
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import Figure, ReportSpec, Section, Table
+
+        models = config.effective_models()
+        target = config.effective_target()
+        shape = results.get("shape-check", {})
+        data = results.get("data", {})
+        sections = [
+            Section(
+                id="overview",
+                title="What this study does",
+                text="\n\n".join(_overview(config, data)),
+                tables=[
+                    common.models_table(results, models, "Accuracy of the trained models"),
+                    _source_models_table(),
+                ],
+            )
+        ]
+        if shape:
+            holds = all(
+                shape[k]
+                for k in ("white_far_below_black", "black_below_noise", "noise_within_3pp_of_clean")
+            )
+            sections.append(
+                Section(
+                    id="shape",
+                    title="Does the source's result hold?",
+                    text=(
+                        f"The source found, at ε = 0.03, white-box accuracy far below black-box accuracy, "
+                        f"black-box below random noise, and noise close to clean accuracy. Here, at "
+                        f"ε = {shape['eps']:g} on target '{target}' (surrogate '{config.effective_surrogate()}'): "
+                        + (
+                            "the shape holds."
+                            if holds
+                            else "the shape does NOT fully hold; see the table."
+                        )
+                    ),
+                    tables=[
+                        Table(
+                            ["", "clean", "white-box", "black-box", "noise"],
+                            [
+                                [
+                                    "this run",
+                                    shape["clean"],
+                                    shape["white_box"],
+                                    shape["black_box"],
+                                    shape["noise"],
+                                ],
+                                [
+                                    "source (InceptionV3 target)",
+                                    SOURCE_ACCURACY["target"]["test"],
+                                    *[
+                                        SOURCE_CURVES[k][2]
+                                        for k in ("white-box", "black-box", "noise")
+                                    ],
+                                ],
+                            ],
+                            f"Accuracy at ε = {shape['eps']:g}",
+                        ),
+                        Table(
+                            ["check", "holds"],
+                            [
+                                [
+                                    "white-box at least 20 pp below black-box",
+                                    shape["white_far_below_black"],
+                                ],
+                                ["black-box below noise", shape["black_below_noise"]],
+                                ["noise within 3 pp of clean", shape["noise_within_3pp_of_clean"]],
+                            ],
+                        ),
+                    ],
+                )
+            )
+        for i, curves in enumerate(config.curves):
+            step = common.curves_step_name(curves)
+            if step in results:
+                intro = (
+                    "The source's figure (iterative FGSM, squared-error loss, T = 1)."
+                    if i == 0
+                    else ""
+                )
+                sections.append(
+                    common.curves_section(
+                        run_dir, step, f"curves-{curves.name}", intro, curves.attack.display
+                    )
+                )
+        if "examples" in results:
+            sections.append(_examples_section(results["examples"], Figure, Section))
+        if "transfer-matrix" in results:
+            sections.append(
+                common.transfer_section(
+                    run_dir,
+                    "transfer",
+                    "Beyond the source: every trained model attacks every other.",
+                )
+            )
+        return ReportSpec(
+            title=config.title or "Leaf study: transfer learning and adversarial attacks",
+            subtitle=f"target {target}, surrogate {config.effective_surrogate()}, data {config.data.name}",
+            sections=sections,
+        )

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -23,7 +23,11 @@ from robustlab.errors import UserError
 from robustlab.io import atomic_path, write_json
 from robustlab.studies import common
 from robustlab.studies.config import AttackConfig, ModelConfig, Strict, StudyConfig
+from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step, StepContext
+
+if TYPE_CHECKING:
+    from robustlab.reporting import ReportSpec
 
 # The source's scores (logits) of its one face: man, woman.
 SOURCE_SCORES = {
@@ -58,29 +62,6 @@ class Config(StudyConfig):
     )  # one face, in turn
     sweep: SweepConfig | None = None
 
-    def check(self) -> None:
-        if self.attack.name != "filter":
-            raise UserError(
-                f"attack: this study learns a filter; use name 'filter', got '{self.attack.name}'"
-            )
-        if "beta" in self.attack.settings:
-            raise UserError("attack.settings.beta: set the betas with 'betas' and 'sweep.betas'")
-        settings = self.attack.build().settings()
-        # Plain gradient descent on beta * P(delta) shrinks delta by (1 - lr * beta * c) per step,
-        # c = 1 for 'l2_loss' (sum/2) and 2 for 'squared': it diverges once that leaves (-1, 1).
-        c = 1.0 if settings["penalty"] == "l2_loss" else 2.0
-        limit = 2.0 / (settings["lr"] * c)
-        for field, betas in (
-            ("betas", self.betas),
-            ("sweep.betas", self.sweep.betas if self.sweep else []),
-        ):
-            for beta in betas:
-                if beta >= limit:
-                    raise UserError(
-                        f"{field}: beta {beta:g} with lr {settings['lr']:g} and penalty "
-                        f"'{settings['penalty']}' makes gradient descent diverge; use beta < {limit:g}"
-                    )
-
 
 def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
     """A class given by index or name -> its index (UserError naming ``field`` otherwise)."""
@@ -98,33 +79,6 @@ def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
 
 
 # -------------------------------------------------------------------------------- steps
-
-
-def steps(config: Config) -> list[Step]:
-    out = [common.data_step(config.data)]
-    out.append(
-        common.train_step(
-            config.model, config.data, common.train_estimate(config.model, config.data) / 4
-        )
-    )
-    iterations = int(config.attack.settings.get("iterations", 1000))
-    out.append(
-        Step(
-            "one-face",
-            "filter attack on one face",
-            _one_face(config),
-            1 + 2e-3 * iterations * len(config.betas),
-        )
-    )
-    if config.sweep is not None:
-        s = config.sweep
-        expected = 2 + 1e-4 * s.iterations * len(s.betas) * (s.limit or 300)
-        out.append(
-            Step(
-                "beta-sweep", f"beta sweep over {s.limit or 'all'} faces", _sweep(config), expected
-            )
-        )
-    return out
 
 
 def _filter(config: Config, **settings: Any) -> Any:
@@ -309,125 +263,185 @@ def plot_sweep(rows: list[Mapping[str, Any]], path: Path) -> Path:
 # -------------------------------------------------------------------------------- report
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    face = results.get("one-face", {})
-    return {
-        "test_accuracy": results.get(common.train_step_name(config.model.name), {}).get(
-            "test_accuracy"
-        ),
-        "one_face": [(row["image"], row["predicted"]) for row in face.get("images", [])],
-        "sweep": [
-            (row["beta"], row["success_rate"], row["mean_l2"])
-            for row in results.get("beta-sweep", {}).get("rows", [])
-        ],
-    }
-
-
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
-
-    data = results.get("data", {})
-    train = results.get(common.train_step_name(config.model.name), {})
-    settings = config.attack.build().settings()
-    intro = [
-        "Source: 'Mislead a neural network' - a small CNN (conv 3, 6, 12 filters of 5x5, each "
-        "max-pooled, then a dense layer) classifies 48x48 grey faces by gender (88.64 % test "
-        "accuracy); a filter DX learned by gradient descent (lr 0.1, 1000 iterations) on the "
-        "cross-entropy towards 'man' makes a woman's face read as a man; a second run with an L2 "
-        "penalty (beta = 0.5, continuing from the first filter) gives a less visible filter.",
-        f"Here: {config.model.arch} trained from scratch on {config.data.name} "
-        f"({'x'.join(map(str, data.get('image_shape', [])))}, classes {', '.join(data.get('classes', []))}), "
-        f"test accuracy {_pct(train.get('test_accuracy'))}. Filter attack settings: iterations "
-        f"{settings['iterations']}, lr {settings['lr']:g}, penalty '{settings['penalty']}' "
-        "('l2_loss' = sum(DX²)/2 as the source's tf.nn.l2_loss), clip "
-        f"{settings['clip']} (true keeps X + DX a valid image; the source did not clip).",
-        *config.notes,
-    ]
-    sections = [Section(id="overview", title="What this study does", text="\n\n".join(intro))]
-    face = results.get("one-face")
-    if face:
-        classes = list(face["images"][0]["scores"])
-        rows = [
-            [row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]]
-            for row in face["images"]
-        ]
-        source_rows = [[name, *scores] for name, scores in SOURCE_SCORES.items()]
-        figures = [
-            Figure(
-                "one-face/faces.png",
-                "Original, then the filtered image after each β (as in the source)",
-            )
-        ]
-        figures += [
-            Figure(f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}")
-            for beta in face["betas"]
-        ]
-        sections.append(
-            Section(
-                id="one-face",
-                title=f"One face: {face['true']} → {face['target']}",
-                text=f"Test image {face['index']}, true class {face['true']}; filters learned in turn "
-                f"for β = {', '.join(f'{b:g}' for b in face['betas'])}, each starting from the last.",
-                tables=[
-                    Table(
-                        ["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"],
-                        rows,
-                        "Scores (logits) of the model",
-                    ),
-                    Table(
-                        ["source image", "score man", "score woman"],
-                        source_rows,
-                        "The source's scores",
-                    ),
-                ],
-                figures=figures,
-            )
-        )
-    sweep = results.get("beta-sweep")
-    if sweep:
-        rows = [
-            [
-                r["beta"],
-                r["success_rate"],
-                r["mean_l2"],
-                r["median_l2"],
-                r["mean_l2_successful"],
-                r["mean_linf"],
-            ]
-            for r in sweep["rows"]
-        ]
-        sections.append(
-            Section(
-                id="beta-sweep",
-                title="Beyond the source: success and filter size against β",
-                text=f"{sweep['faces']} test faces of the source class that the model classifies "
-                f"correctly, {sweep['iterations']} iterations per β, each from a zero filter.",
-                tables=[
-                    Table(
-                        [
-                            "β",
-                            "success rate",
-                            "mean ||Δ||₂",
-                            "median ||Δ||₂",
-                            "mean ||Δ||₂ (successes)",
-                            "mean ||Δ||∞",
-                        ],
-                        rows,
-                    )
-                ],
-                figures=[
-                    Figure(
-                        "beta-sweep/beta_sweep.png", "Success rate and mean filter norm against β"
-                    )
-                ],
-            )
-        )
-    return ReportSpec(
-        title=config.title or "Targeted-face study: a filter that changes the predicted gender",
-        subtitle=f"{config.model.arch} on {config.data.name}",
-        sections=sections,
-    )
-
-
 def _pct(value: Any) -> str:
     return "?" if value is None else f"{value:.1%}"
+
+
+class TargetedFaceStudy(Study[Config]):
+    """The study ``targeted-face`` (``presets/targeted-face.yaml``)."""
+
+    kind = "targeted-face"
+    config_type = Config
+
+    def check(self, config: Config) -> None:
+        if config.attack.name != "filter":
+            raise UserError(
+                f"attack: this study learns a filter; use name 'filter', got '{config.attack.name}'"
+            )
+        if "beta" in config.attack.settings:
+            raise UserError("attack.settings.beta: set the betas with 'betas' and 'sweep.betas'")
+        settings = config.attack.build().settings()
+        # Plain gradient descent on beta * P(delta) shrinks delta by (1 - lr * beta * c) per step,
+        # c = 1 for 'l2_loss' (sum/2) and 2 for 'squared': it diverges once that leaves (-1, 1).
+        c = 1.0 if settings["penalty"] == "l2_loss" else 2.0
+        limit = 2.0 / (settings["lr"] * c)
+        for field, betas in (
+            ("betas", config.betas),
+            ("sweep.betas", config.sweep.betas if config.sweep else []),
+        ):
+            for beta in betas:
+                if beta >= limit:
+                    raise UserError(
+                        f"{field}: beta {beta:g} with lr {settings['lr']:g} and penalty "
+                        f"'{settings['penalty']}' makes gradient descent diverge; use beta < {limit:g}"
+                    )
+
+    def steps(self, config: Config) -> list[Step]:
+        out = [common.data_step(config.data)]
+        out.append(
+            common.train_step(
+                config.model, config.data, common.train_estimate(config.model, config.data) / 4
+            )
+        )
+        iterations = int(config.attack.settings.get("iterations", 1000))
+        out.append(
+            Step(
+                "one-face",
+                "filter attack on one face",
+                _one_face(config),
+                1 + 2e-3 * iterations * len(config.betas),
+            )
+        )
+        if config.sweep is not None:
+            s = config.sweep
+            expected = 2 + 1e-4 * s.iterations * len(s.betas) * (s.limit or 300)
+            out.append(
+                Step(
+                    "beta-sweep",
+                    f"beta sweep over {s.limit or 'all'} faces",
+                    _sweep(config),
+                    expected,
+                )
+            )
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        face = results.get("one-face", {})
+        return {
+            "test_accuracy": results.get(common.train_step_name(config.model.name), {}).get(
+                "test_accuracy"
+            ),
+            "one_face": [(row["image"], row["predicted"]) for row in face.get("images", [])],
+            "sweep": [
+                (row["beta"], row["success_rate"], row["mean_l2"])
+                for row in results.get("beta-sweep", {}).get("rows", [])
+            ],
+        }
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import Figure, ReportSpec, Section, Table
+
+        data = results.get("data", {})
+        train = results.get(common.train_step_name(config.model.name), {})
+        settings = config.attack.build().settings()
+        intro = [
+            "Source: 'Mislead a neural network' - a small CNN (conv 3, 6, 12 filters of 5x5, each "
+            "max-pooled, then a dense layer) classifies 48x48 grey faces by gender (88.64 % test "
+            "accuracy); a filter DX learned by gradient descent (lr 0.1, 1000 iterations) on the "
+            "cross-entropy towards 'man' makes a woman's face read as a man; a second run with an L2 "
+            "penalty (beta = 0.5, continuing from the first filter) gives a less visible filter.",
+            f"Here: {config.model.arch} trained from scratch on {config.data.name} "
+            f"({'x'.join(map(str, data.get('image_shape', [])))}, classes {', '.join(data.get('classes', []))}), "
+            f"test accuracy {_pct(train.get('test_accuracy'))}. Filter attack settings: iterations "
+            f"{settings['iterations']}, lr {settings['lr']:g}, penalty '{settings['penalty']}' "
+            "('l2_loss' = sum(DX²)/2 as the source's tf.nn.l2_loss), clip "
+            f"{settings['clip']} (true keeps X + DX a valid image; the source did not clip).",
+            *config.notes,
+        ]
+        sections = [Section(id="overview", title="What this study does", text="\n\n".join(intro))]
+        face = results.get("one-face")
+        if face:
+            classes = list(face["images"][0]["scores"])
+            rows = [
+                [row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]]
+                for row in face["images"]
+            ]
+            source_rows = [[name, *scores] for name, scores in SOURCE_SCORES.items()]
+            figures = [
+                Figure(
+                    "one-face/faces.png",
+                    "Original, then the filtered image after each β (as in the source)",
+                )
+            ]
+            figures += [
+                Figure(
+                    f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}"
+                )
+                for beta in face["betas"]
+            ]
+            sections.append(
+                Section(
+                    id="one-face",
+                    title=f"One face: {face['true']} → {face['target']}",
+                    text=f"Test image {face['index']}, true class {face['true']}; filters learned in turn "
+                    f"for β = {', '.join(f'{b:g}' for b in face['betas'])}, each starting from the last.",
+                    tables=[
+                        Table(
+                            ["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"],
+                            rows,
+                            "Scores (logits) of the model",
+                        ),
+                        Table(
+                            ["source image", "score man", "score woman"],
+                            source_rows,
+                            "The source's scores",
+                        ),
+                    ],
+                    figures=figures,
+                )
+            )
+        sweep = results.get("beta-sweep")
+        if sweep:
+            rows = [
+                [
+                    r["beta"],
+                    r["success_rate"],
+                    r["mean_l2"],
+                    r["median_l2"],
+                    r["mean_l2_successful"],
+                    r["mean_linf"],
+                ]
+                for r in sweep["rows"]
+            ]
+            sections.append(
+                Section(
+                    id="beta-sweep",
+                    title="Beyond the source: success and filter size against β",
+                    text=f"{sweep['faces']} test faces of the source class that the model classifies "
+                    f"correctly, {sweep['iterations']} iterations per β, each from a zero filter.",
+                    tables=[
+                        Table(
+                            [
+                                "β",
+                                "success rate",
+                                "mean ||Δ||₂",
+                                "median ||Δ||₂",
+                                "mean ||Δ||₂ (successes)",
+                                "mean ||Δ||∞",
+                            ],
+                            rows,
+                        )
+                    ],
+                    figures=[
+                        Figure(
+                            "beta-sweep/beta_sweep.png",
+                            "Success rate and mean filter norm against β",
+                        )
+                    ],
+                )
+            )
+        return ReportSpec(
+            title=config.title or "Targeted-face study: a filter that changes the predicted gender",
+            subtitle=f"{config.model.arch} on {config.data.name}",
+            sections=sections,
+        )
