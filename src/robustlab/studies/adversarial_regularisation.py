@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from robustlab.errors import UserError, unknown_name
-from robustlab.io import atomic_path
 from robustlab.studies import common
 from robustlab.studies.config import (
     AttackConfig,
@@ -70,12 +69,6 @@ class Config(StudyConfig):
         ]
 
 
-def _cost(model: ModelConfig, config: Config) -> float:
-    """Seconds per image for one forward + input-gradient pass (2 cores, rough)."""
-    side = model.resize_to or config.data.image_size or 28
-    return (4e-3 if model.pretrained else 3e-4) * (side / 96) ** 2 * 10
-
-
 # -------------------------------------------------------------------------------- report
 
 
@@ -100,25 +93,14 @@ def plot_comparison(
     eps: list[float], rows: Mapping[str, Any], kind: str, path: Path, title: str
 ) -> Path:
     """One accuracy-vs-epsilon line per model (clean accuracy at eps 0)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from robustlab.reporting.plots import Line, plot_lines
 
-    fig = Figure(figsize=(7.0, 4.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, row in rows.items():
-        values = row.get(kind)
-        if values:
-            ax.plot([0.0, *eps], [row["clean"], *values], marker="o", label=name)
-    ax.set_xlabel("ε (fraction of the pixel range)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=9)
-    ax.set_title(title, fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+    lines = [
+        Line([row["clean"], *row[kind]], name, x=[0.0, *eps], style={"marker": "o"})
+        for name, row in rows.items()
+        if row.get(kind)
+    ]
+    return plot_lines(lines, path, title=title, xlabel="ε (fraction of the pixel range)")
 
 
 class AdversarialRegularisationStudy(Study[Config]):
@@ -142,36 +124,26 @@ class AdversarialRegularisationStudy(Study[Config]):
         CurvesConfig(name="check", attack=config.attacks[0], eps=config.eps)  # eps range
 
     def steps(self, config: Config) -> list[Step]:
-        n_test = min(
-            config.limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
-        )
+        models = {model.name: model for model in config.models}
         out = [common.data_step(config.data)]
-        out += [
-            common.train_step(m, config.data, common.train_estimate(m, config.data))
-            for m in config.models
-        ]
-        costs = {m.name: _cost(m, config) for m in config.models}
-        for target, curves in config.curves():
-            per_image = (costs[target] + costs[config.surrogate]) / 2
+        out += [common.train_step(model, config.data) for model in config.models]
+        for target_model, curves in config.curves():
+            work = common.curves_work(curves, config.data, models[target_model])
             out.append(
                 common.curves_step(
-                    curves,
-                    config.data,
-                    target,
-                    batch_size=config.eval_batch_size,
-                    expected_seconds=common.curves_estimate(curves, n_test, per_image),
+                    curves, config.data, target_model, batch_size=config.eval_batch_size, work=work
                 )
             )
         if config.transfer is not None:
-            names = config.transfer.models or [m.name for m in config.models]
-            per_image = sum(costs[n] for n in names) / len(names)
+            names = config.transfer.models or list(models)
+            work = common.transfer_work(config.transfer, config.data, [models[n] for n in names])
             out.append(
                 common.transfer_step(
                     config.transfer,
                     config.data,
                     names,
                     batch_size=config.eval_batch_size,
-                    expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
+                    work=work,
                 )
             )
         return out

@@ -117,12 +117,6 @@ class Config(StudyConfig):
 # -------------------------------------------------------------------------------- steps
 
 
-def _gradient_cost(config: Config) -> float:
-    """Seconds per image for one forward + input-gradient pass (2 cores, rough)."""
-    side = config.data.image_size or 96
-    return 4e-3 * (side / 96) ** 2
-
-
 def _example_step(config: Config, target: str) -> Step:
     """The source's triptych (original | perturbation | adversarial) and prediction vectors."""
 
@@ -311,22 +305,16 @@ class LeafStudy(Study[Config]):
             raise UserError(f"curves names must be unique, got {', '.join(names_used)}")
 
     def steps(self, config: Config) -> list[Step]:
-        models = config.effective_models()
-        target = config.effective_target()
-        n_test = max(1, round(common.estimated_size(config.data) * config.data.split[2]))
-        per_image = _gradient_cost(config)
+        models = {model.name: model for model in config.effective_models()}
+        target_model = config.effective_target()
         out = [common.data_step(config.data)]
-        out += [
-            common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in models
-        ]
+        out += [common.train_step(model, config.data) for model in models.values()]
         for curves in config.resolved_curves():
+            attacked = curves.target or target_model
+            work = common.curves_work(curves, config.data, models[attacked])
             out.append(
                 common.curves_step(
-                    curves,
-                    config.data,
-                    curves.target or target,
-                    batch_size=config.eval_batch_size,
-                    expected_seconds=common.curves_estimate(curves, n_test, per_image),
+                    curves, config.data, attacked, batch_size=config.eval_batch_size, work=work
                 )
             )
         out.append(
@@ -337,16 +325,17 @@ class LeafStudy(Study[Config]):
                 0.1,
             )
         )
-        out.append(_example_step(config, target))
+        out.append(_example_step(config, target_model))
         if config.transfer is not None:
-            names = config.transfer.models or [m.name for m in models]
+            names = config.transfer.models or list(models)
+            work = common.transfer_work(config.transfer, config.data, [models[n] for n in names])
             out.append(
                 common.transfer_step(
                     config.transfer,
                     config.data,
                     names,
                     batch_size=config.eval_batch_size,
-                    expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
+                    work=work,
                 )
             )
         return out

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from robustlab.errors import UserError
-from robustlab.io import atomic_path, write_json
+from robustlab.io import write_json
 from robustlab.studies import common
 from robustlab.studies.config import AttackConfig, ModelConfig, Strict, StudyConfig
 from robustlab.studies.protocol import StepResults, Study
-from robustlab.studies.runner import Step, StepContext
+from robustlab.studies.runner import Step, StepContext, Work
 
 if TYPE_CHECKING:
     from robustlab.reporting import ReportSpec
@@ -82,10 +82,9 @@ def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
 
 
 def _filter(config: Config, **settings: Any) -> Any:
-    """The configured filter attack with some settings replaced."""
-    from robustlab.attacks import get_attack
-
-    return get_attack("filter", **{**config.attack.settings, **settings})
+    """The configured filter attack, built by its ``AttackConfig``, with some settings replaced."""
+    replaced = {**config.attack.settings, **settings}
+    return config.attack.model_copy(update={"settings": replaced}).build()
 
 
 def _classes(ctx: StepContext, config: Config) -> tuple[Any, int, int]:
@@ -150,7 +149,7 @@ def _one_face(config: Config) -> Any:
             f"{name}\npredicted {classes[max(range(len(logits)), key=logits.__getitem__)]}"
             for name, logits, _ in scores
         ]
-        plot_faces([img.numpy() for img in images], titles, ctx.dir / "faces.png")
+        plots.plot_images([img.numpy() for img in images], titles, ctx.dir / "faces.png")
         rows = [
             {
                 "image": name,
@@ -173,34 +172,11 @@ def _one_face(config: Config) -> Any:
     return run
 
 
-def plot_faces(images: list[Any], titles: list[str], path: Path) -> Path:
-    """Images (C, H, W) in [0, 1] side by side, grey when single-channel."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.2 * len(images), 3.4))
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(1, len(images)))
-    for ax, image, title in zip(axes, images, titles, strict=True):
-        array = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-        shown = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-        ax.imshow(shown, cmap="gray" if array.shape[0] == 1 else None, vmin=0, vmax=1)
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
-
-
 def _sweep(config: Config) -> Any:
     assert config.sweep is not None
     sweep = config.sweep
 
     def run(ctx: StepContext) -> dict[str, Any]:
-        import torch
-
         _, source, target = _classes(ctx, config)
         test = common.splits_for(ctx, config.data).test
         model = common.load_model(ctx, config.model.name)
@@ -211,14 +187,8 @@ def _sweep(config: Config) -> Any:
         rows = []
         for beta in sweep.betas:
             attack = _filter(config, beta=beta, iterations=sweep.iterations)
-            success, l2, linf = [], [], []
-            for start in range(0, len(x), sweep.batch_size):
-                xb, yb = x[start : start + sweep.batch_size], y[start : start + sweep.batch_size]
-                result = attack.optimise(model, xb, yb, torch.full_like(yb, target))
-                success.append(result.success)
-                l2.append(result.l2)
-                linf.append(result.delta.flatten(1).abs().amax(1))
-            ok, norms, peaks = torch.cat(success), torch.cat(l2), torch.cat(linf)
+            filtered = _filter_every_face(attack, model, x, y, target, sweep.batch_size)
+            ok, norms, peaks = filtered["success"], filtered["l2"], filtered["linf"]
             rows.append(
                 {
                     "beta": beta,
@@ -237,27 +207,43 @@ def _sweep(config: Config) -> Any:
     return run
 
 
+def _filter_every_face(
+    attack: Any, model: Any, x: Any, y: Any, target_class: int, batch_size: int
+) -> dict[str, Any]:
+    """Learn a filter for each face, ``batch_size`` at a time: per face ``success`` (reaches
+    ``target_class``), ``l2`` and ``linf`` (of the filter) as ``(N,)`` tensors."""
+    import torch
+
+    from robustlab.distributed import map_chunks
+
+    def run_batch(part: slice) -> dict[str, Any]:
+        goal = torch.full_like(y[part], target_class)
+        result = attack.optimise(model, x[part], y[part], goal)
+        linf = result.delta.flatten(1).abs().amax(1)
+        return {"success": result.success, "l2": result.l2, "linf": linf}
+
+    parts = map_chunks(run_batch, len(x), batch_size)
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 def plot_sweep(rows: list[Mapping[str, Any]], path: Path) -> Path:
     """Success rate (left axis) and mean ||delta||_2 (right axis) against beta."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from robustlab.reporting.plots import Line, plot_lines
 
     betas = [row["beta"] for row in rows]
-    fig = Figure(figsize=(7.0, 4.4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(betas, [row["success_rate"] for row in rows], "b-o", label="success rate")
-    ax.set_xlabel("β (weight of the L2 penalty)")
-    ax.set_ylabel("success rate (classified as the target)", color="b")
-    ax.set_ylim(-0.02, 1.02)
-    other = ax.twinx()
-    other.plot(betas, [row["mean_l2"] for row in rows], "r--s", label="mean ||Δ||₂")
-    other.set_ylabel("mean ||Δ||₂ (pixel units)", color="r")
-    ax.grid(alpha=0.3)
-    ax.set_title("Targeted filter attack: success and filter size against β", fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+    success = [row["success_rate"] for row in rows]
+    size = [row["mean_l2"] for row in rows]
+    return plot_lines(
+        [
+            Line(success, "success rate", x=betas, style={"color": "b", "marker": "o"}),
+            Line(size, "mean ||Δ||₂", x=betas, style={"color": "r", "marker": "s"}, right=True),
+        ],
+        path,
+        title="Targeted filter attack: success and filter size against β",
+        xlabel="β (weight of the L2 penalty)",
+        ylabel="success rate (classified as the target)",
+        right_label="mean ||Δ||₂ (pixel units)",
+    )
 
 
 # -------------------------------------------------------------------------------- report
@@ -297,32 +283,24 @@ class TargetedFaceStudy(Study[Config]):
                     )
 
     def steps(self, config: Config) -> list[Step]:
-        out = [common.data_step(config.data)]
-        out.append(
-            common.train_step(
-                config.model, config.data, common.train_estimate(config.model, config.data) / 4
-            )
-        )
-        iterations = int(config.attack.settings.get("iterations", 1000))
+        image = common.pixel_scale(config.data.image_size)
+        kind = f"attack {config.model.arch}"
+        one_face = config.attack.build().settings()["iterations"] * len(config.betas)
+        out = [common.data_step(config.data), common.train_step(config.model, config.data)]
         out.append(
             Step(
                 "one-face",
                 "filter attack on one face",
                 _one_face(config),
-                1 + 2e-3 * iterations * len(config.betas),
+                work=Work(f"{kind} one image", one_face * image),
             )
         )
         if config.sweep is not None:
-            s = config.sweep
-            expected = 2 + 1e-4 * s.iterations * len(s.betas) * (s.limit or 300)
-            out.append(
-                Step(
-                    "beta-sweep",
-                    f"beta sweep over {s.limit or 'all'} faces",
-                    _sweep(config),
-                    expected,
-                )
-            )
+            sweep = config.sweep
+            faces = common.test_size(config.data, sweep.limit)
+            work = Work(kind, sweep.iterations * len(sweep.betas) * faces * image)
+            title = f"beta sweep over {sweep.limit or 'all'} faces"
+            out.append(Step("beta-sweep", title, _sweep(config), work=work))
         return out
 
     def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
