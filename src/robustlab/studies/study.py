@@ -166,12 +166,17 @@ def _check_models_take_the_data(config: StudyConfig, source: str) -> None:
 
 def _warn_where_results_mean_little(config: StudyConfig, source: str) -> None:
     """A surrogate that is its own target makes the 'black-box' curve a white-box one."""
-    target = getattr(config, "target", None)
-    pairs = [("surrogate", getattr(config, "surrogate", None), target)]
+    target_model = getattr(config, "target", None)
+    pairs = [("surrogate", getattr(config, "surrogate", None), target_model)]
     pairs += [
-        (f"{format_loc(loc)}.surrogates", block.target or target, block.target or target)
+        (
+            f"{format_loc(loc)}.surrogates",
+            block.target or target_model,
+            block.target or target_model,
+        )
         for loc, block in iter_blocks(config)
-        if isinstance(block, CurvesConfig) and (block.target or target) in (block.surrogates or [])
+        if isinstance(block, CurvesConfig)
+        and (block.target or target_model) in (block.surrogates or [])
     ]
     for where, surrogate, attacked in pairs:
         if surrogate is not None and surrogate == attacked:

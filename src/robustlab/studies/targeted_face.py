@@ -27,7 +27,7 @@ from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step, StepContext, Work
 
 if TYPE_CHECKING:
-    from robustlab.reporting import ReportSpec
+    from robustlab.reporting import ReportSpec, Section
 
 # The source's scores (logits) of its one face: man, woman.
 SOURCE_SCORES = {
@@ -88,15 +88,16 @@ def _filter(config: Config, **settings: Any) -> Any:
 
 
 def _classes(ctx: StepContext, config: Config) -> tuple[Any, int, int]:
+    """The splits, and the indices of the source and target classes."""
     splits = common.splits_for(ctx, config.data)
-    source = class_index(splits.classes, config.source_class, "source_class")
-    target = class_index(splits.classes, config.target_class, "target_class")
-    if source == target:
+    source_class = class_index(splits.classes, config.source_class, "source_class")
+    target_class = class_index(splits.classes, config.target_class, "target_class")
+    if source_class == target_class:
         raise UserError("source_class and target_class must differ")
-    return splits, source, target
+    return splits, source_class, target_class
 
 
-def _correct_source_faces(ctx: StepContext, config: Config, source: int) -> Any:
+def _correct_source_faces(ctx: StepContext, config: Config, source_class: int) -> Any:
     """Test indices of faces of the source class that the model classifies correctly."""
     import torch
 
@@ -105,7 +106,19 @@ def _correct_source_faces(ctx: StepContext, config: Config, source: int) -> Any:
     test = common.splits_for(ctx, config.data).test
     model = common.load_model(ctx, config.model.name)
     pred = predict_logits(model, test.images, config.eval_batch_size).argmax(1)
-    return torch.nonzero((test.labels == source) & (pred == source)).flatten()
+    return torch.nonzero((test.labels == source_class) & (pred == source_class)).flatten()
+
+
+def _chosen_face(ctx: StepContext, config: Config, source_class: int, n_test: int) -> int:
+    """The configured test face, else the first source face the model classifies correctly."""
+    if config.face is not None:
+        if config.face >= n_test:
+            raise UserError(f"face: index {config.face} past the {n_test} test images")
+        return config.face
+    candidates = _correct_source_faces(ctx, config, source_class)
+    if len(candidates) == 0:
+        raise UserError("no test face of the source class is classified correctly")
+    return int(candidates[0])
 
 
 def _one_face(config: Config) -> Any:
@@ -114,55 +127,32 @@ def _one_face(config: Config) -> Any:
 
         from robustlab.reporting import plots
 
-        splits, source, target = _classes(ctx, config)
-        test = splits.test
+        splits, source_class, target_class = _classes(ctx, config)
+        index = _chosen_face(ctx, config, source_class, len(splits.test))
+        x, y = splits.test.images[index : index + 1], splits.test.labels[index : index + 1]
         model = common.load_model(ctx, config.model.name)
-        if config.face is None:
-            candidates = _correct_source_faces(ctx, config, source)
-            if len(candidates) == 0:
-                raise UserError("no test face of the source class is classified correctly")
-            index = int(candidates[0])
-        else:
-            if config.face >= len(test):
-                raise UserError(f"face: index {config.face} past the {len(test)} test images")
-            index = config.face
-        x, y = test.images[index : index + 1], test.labels[index : index + 1]
-        goal = torch.tensor([target])
         with torch.no_grad():
             scores = [("original", model(x)[0].tolist(), 0.0)]
         images = [x[0]]
         delta = None
         for beta in config.betas:
             # Each beta continues from the previous filter, as the source did.
-            attack = _filter(config, beta=beta)
-            result = attack.optimise(model, x, y, goal, init=delta)
+            result = _filter(config, beta=beta).optimise(
+                model, x, y, torch.tensor([target_class]), init=delta
+            )
             delta = result.delta
             scores.append((f"beta = {beta:g}", result.logits[0].tolist(), float(result.l2[0])))
             images.append(result.x_adv[0])
-            plots.plot_filter(
-                delta[0].numpy(),
-                ctx.dir / f"filter_beta{beta:g}.png",
-                title=f"learned filter, β = {beta:g}",
-            )
+            title = f"learned filter, β = {beta:g}"
+            plots.plot_filter(delta[0].numpy(), ctx.dir / f"filter_beta{beta:g}.png", title=title)
         classes = list(splits.classes)
-        titles = [
-            f"{name}\npredicted {classes[max(range(len(logits)), key=logits.__getitem__)]}"
-            for name, logits, _ in scores
-        ]
-        plots.plot_images([img.numpy() for img in images], titles, ctx.dir / "faces.png")
-        rows = [
-            {
-                "image": name,
-                "scores": dict(zip(classes, logits, strict=True)),
-                "predicted": classes[max(range(len(logits)), key=logits.__getitem__)],
-                "l2": l2,
-            }
-            for name, logits, l2 in scores
-        ]
+        rows = [_score_row(classes, name, logits, l2) for name, logits, l2 in scores]
+        titles = [f"{row['image']}\npredicted {row['predicted']}" for row in rows]
+        plots.plot_images([image.numpy() for image in images], titles, ctx.dir / "faces.png")
         result = {
             "index": index,
             "true": classes[int(y[0])],
-            "target": classes[target],
+            "target": classes[target_class],
             "betas": config.betas,
             "images": rows,
         }
@@ -172,22 +162,29 @@ def _one_face(config: Config) -> Any:
     return run
 
 
+def _score_row(classes: list[str], image: str, logits: list[float], l2: float) -> dict[str, Any]:
+    """One image's scores (logits) by class, its predicted class and its filter's norm."""
+    predicted = classes[max(range(len(logits)), key=logits.__getitem__)]
+    scores = dict(zip(classes, logits, strict=True))
+    return {"image": image, "scores": scores, "predicted": predicted, "l2": l2}
+
+
 def _sweep(config: Config) -> Any:
     assert config.sweep is not None
     sweep = config.sweep
 
     def run(ctx: StepContext) -> dict[str, Any]:
-        _, source, target = _classes(ctx, config)
-        test = common.splits_for(ctx, config.data).test
+        splits, source_class, target_class = _classes(ctx, config)
+        test = splits.test
         model = common.load_model(ctx, config.model.name)
-        faces = _correct_source_faces(ctx, config, source)[: sweep.limit]
+        faces = _correct_source_faces(ctx, config, source_class)[: sweep.limit]
         if len(faces) == 0:
             raise UserError("no test face of the source class is classified correctly")
         x, y = test.images[faces], test.labels[faces]
         rows = []
         for beta in sweep.betas:
             attack = _filter(config, beta=beta, iterations=sweep.iterations)
-            filtered = _filter_every_face(attack, model, x, y, target, sweep.batch_size)
+            filtered = _filter_every_face(attack, model, x, y, target_class, sweep.batch_size)
             ok, norms, peaks = filtered["success"], filtered["l2"], filtered["linf"]
             rows.append(
                 {
@@ -251,6 +248,89 @@ def plot_sweep(rows: list[Mapping[str, Any]], path: Path) -> Path:
 
 def _pct(value: Any) -> str:
     return "?" if value is None else f"{value:.1%}"
+
+
+def _overview_section(config: Config, results: StepResults) -> Section:
+    from robustlab.reporting import Section
+
+    data = results.get("data", {})
+    train = results.get(common.train_step_name(config.model.name), {})
+    settings = config.attack.build().settings()
+    intro = [
+        "Source: 'Mislead a neural network' - a small CNN (conv 3, 6, 12 filters of 5x5, each "
+        "max-pooled, then a dense layer) classifies 48x48 grey faces by gender (88.64 % test "
+        "accuracy); a filter DX learned by gradient descent (lr 0.1, 1000 iterations) on the "
+        "cross-entropy towards 'man' makes a woman's face read as a man; a second run with an L2 "
+        "penalty (beta = 0.5, continuing from the first filter) gives a less visible filter.",
+        f"Here: {config.model.arch} trained from scratch on {config.data.name} "
+        f"({'x'.join(map(str, data.get('image_shape', [])))}, classes {', '.join(data.get('classes', []))}), "
+        f"test accuracy {_pct(train.get('test_accuracy'))}. Filter attack settings: iterations "
+        f"{settings['iterations']}, lr {settings['lr']:g}, penalty '{settings['penalty']}' "
+        "('l2_loss' = sum(DX²)/2 as the source's tf.nn.l2_loss), clip "
+        f"{settings['clip']} (true keeps X + DX a valid image; the source did not clip).",
+        *config.notes,
+    ]
+    return Section(id="overview", title="What this study does", text="\n\n".join(intro))
+
+
+def _one_face_section(face: Mapping[str, Any]) -> Section:
+    """The scores of one face before and after each filter, beside the source's."""
+    from robustlab.reporting import Figure, Section, Table
+
+    classes = list(face["images"][0]["scores"])
+    rows = [
+        [row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]]
+        for row in face["images"]
+    ]
+    source_rows = [[name, *scores] for name, scores in SOURCE_SCORES.items()]
+    caption = "Original, then the filtered image after each β (as in the source)"
+    figures = [Figure("one-face/faces.png", caption)]
+    figures += [
+        Figure(f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}")
+        for beta in face["betas"]
+    ]
+    betas = ", ".join(f"{b:g}" for b in face["betas"])
+    return Section(
+        id="one-face",
+        title=f"One face: {face['true']} → {face['target']}",
+        text=f"Test image {face['index']}, true class {face['true']}; filters learned in turn "
+        f"for β = {betas}, each starting from the last.",
+        tables=[
+            Table(
+                ["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"],
+                rows,
+                "Scores (logits) of the model",
+            ),
+            Table(["source image", "score man", "score woman"], source_rows, "The source's scores"),
+        ],
+        figures=figures,
+    )
+
+
+SWEEP_COLUMNS = {  # beta-sweep result key -> table header
+    "beta": "β",
+    "success_rate": "success rate",
+    "mean_l2": "mean ||Δ||₂",
+    "median_l2": "median ||Δ||₂",
+    "mean_l2_successful": "mean ||Δ||₂ (successes)",
+    "mean_linf": "mean ||Δ||∞",
+}
+
+
+def _sweep_section(sweep: Mapping[str, Any]) -> Section:
+    """Success rate and filter size against beta over many faces."""
+    from robustlab.reporting import Figure, Section, Table
+
+    rows = [[row[key] for key in SWEEP_COLUMNS] for row in sweep["rows"]]
+    figure = Figure("beta-sweep/beta_sweep.png", "Success rate and mean filter norm against β")
+    return Section(
+        id="beta-sweep",
+        title="Beyond the source: success and filter size against β",
+        text=f"{sweep['faces']} test faces of the source class that the model classifies "
+        f"correctly, {sweep['iterations']} iterations per β, each from a zero filter.",
+        tables=[Table(list(SWEEP_COLUMNS.values()), rows)],
+        figures=[figure],
+    )
 
 
 class TargetedFaceStudy(Study[Config]):
@@ -317,107 +397,13 @@ class TargetedFaceStudy(Study[Config]):
         }
 
     def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
-        from robustlab.reporting import Figure, ReportSpec, Section, Table
+        from robustlab.reporting import ReportSpec
 
-        data = results.get("data", {})
-        train = results.get(common.train_step_name(config.model.name), {})
-        settings = config.attack.build().settings()
-        intro = [
-            "Source: 'Mislead a neural network' - a small CNN (conv 3, 6, 12 filters of 5x5, each "
-            "max-pooled, then a dense layer) classifies 48x48 grey faces by gender (88.64 % test "
-            "accuracy); a filter DX learned by gradient descent (lr 0.1, 1000 iterations) on the "
-            "cross-entropy towards 'man' makes a woman's face read as a man; a second run with an L2 "
-            "penalty (beta = 0.5, continuing from the first filter) gives a less visible filter.",
-            f"Here: {config.model.arch} trained from scratch on {config.data.name} "
-            f"({'x'.join(map(str, data.get('image_shape', [])))}, classes {', '.join(data.get('classes', []))}), "
-            f"test accuracy {_pct(train.get('test_accuracy'))}. Filter attack settings: iterations "
-            f"{settings['iterations']}, lr {settings['lr']:g}, penalty '{settings['penalty']}' "
-            "('l2_loss' = sum(DX²)/2 as the source's tf.nn.l2_loss), clip "
-            f"{settings['clip']} (true keeps X + DX a valid image; the source did not clip).",
-            *config.notes,
-        ]
-        sections = [Section(id="overview", title="What this study does", text="\n\n".join(intro))]
-        face = results.get("one-face")
-        if face:
-            classes = list(face["images"][0]["scores"])
-            rows = [
-                [row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]]
-                for row in face["images"]
-            ]
-            source_rows = [[name, *scores] for name, scores in SOURCE_SCORES.items()]
-            figures = [
-                Figure(
-                    "one-face/faces.png",
-                    "Original, then the filtered image after each β (as in the source)",
-                )
-            ]
-            figures += [
-                Figure(
-                    f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}"
-                )
-                for beta in face["betas"]
-            ]
-            sections.append(
-                Section(
-                    id="one-face",
-                    title=f"One face: {face['true']} → {face['target']}",
-                    text=f"Test image {face['index']}, true class {face['true']}; filters learned in turn "
-                    f"for β = {', '.join(f'{b:g}' for b in face['betas'])}, each starting from the last.",
-                    tables=[
-                        Table(
-                            ["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"],
-                            rows,
-                            "Scores (logits) of the model",
-                        ),
-                        Table(
-                            ["source image", "score man", "score woman"],
-                            source_rows,
-                            "The source's scores",
-                        ),
-                    ],
-                    figures=figures,
-                )
-            )
-        sweep = results.get("beta-sweep")
-        if sweep:
-            rows = [
-                [
-                    r["beta"],
-                    r["success_rate"],
-                    r["mean_l2"],
-                    r["median_l2"],
-                    r["mean_l2_successful"],
-                    r["mean_linf"],
-                ]
-                for r in sweep["rows"]
-            ]
-            sections.append(
-                Section(
-                    id="beta-sweep",
-                    title="Beyond the source: success and filter size against β",
-                    text=f"{sweep['faces']} test faces of the source class that the model classifies "
-                    f"correctly, {sweep['iterations']} iterations per β, each from a zero filter.",
-                    tables=[
-                        Table(
-                            [
-                                "β",
-                                "success rate",
-                                "mean ||Δ||₂",
-                                "median ||Δ||₂",
-                                "mean ||Δ||₂ (successes)",
-                                "mean ||Δ||∞",
-                            ],
-                            rows,
-                        )
-                    ],
-                    figures=[
-                        Figure(
-                            "beta-sweep/beta_sweep.png",
-                            "Success rate and mean filter norm against β",
-                        )
-                    ],
-                )
-            )
+        sections = [_overview_section(config, results)]
+        if results.get("one-face"):
+            sections.append(_one_face_section(results["one-face"]))
+        if results.get("beta-sweep"):
+            sections.append(_sweep_section(results["beta-sweep"]))
         return ReportSpec(
             title=config.title or "Targeted-face study: a filter that changes the predicted gender",
             subtitle=f"{config.model.arch} on {config.data.name}",
