@@ -90,3 +90,29 @@ def test_plots_reject_wrong_shapes(tmp_path: Path) -> None:
 
 def test_format_eps_shows_both_units() -> None:
     assert plots.format_eps(8 / 255) == "0.03137 (8/255)"
+
+
+def test_lines_figure_draws_every_line_gaps_references_and_a_right_axis(tmp_path: Path) -> None:
+    lines = [
+        plots.Line([0.9, None, 0.5], "A", x=[1, 2, 3], style={"marker": "o"}),
+        plots.Line([0.7], "base"),  # a reference: horizontal
+        plots.Line([3.0, 2.0, 1.0], "size", x=[1, 2, 3], right=True),
+    ]
+    figure = plots.lines_figure(lines, title="t", xlabel="n", right_label="size", xticks=[1, 2, 3])
+    left, right = figure.axes
+    assert [line.get_label() for line in left.get_lines()] == ["A", "base"]
+    assert np.isnan(left.get_lines()[0].get_ydata()[1])  # None is a gap, not a zero
+    assert list(left.get_lines()[1].get_ydata()) == [0.7, 0.7]
+    assert [line.get_label() for line in right.get_lines()] == ["size"]
+    assert right.get_ylabel() == "size" and left.get_ylim() == (-0.02, 1.02)
+    legend = [text.get_text() for text in left.get_legend().get_texts()]
+    assert legend == ["A", "base", "size"]  # one legend for both axes
+    _not_blank(plots.plot_lines(lines, tmp_path / "lines.png", title="t", xlabel="n"))
+
+
+def test_plot_images_shows_grey_and_colour_images_side_by_side(tmp_path: Path) -> None:
+    grey = np.linspace(0, 1, 64, dtype=np.float32).reshape(1, 8, 8)
+    colour = np.stack([grey[0], 1 - grey[0], grey[0] * 0])
+    _not_blank(plots.plot_images([grey, colour], ["grey", "colour"], tmp_path / "row.png"))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        plots.plot_images([grey[0]], ["flat"], tmp_path / "bad.png")

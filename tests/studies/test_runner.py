@@ -11,8 +11,11 @@ import torch
 from robustlab.errors import UserError
 from robustlab.io import write_json
 from robustlab.studies.runner import (
+    PRIOR_SECONDS_PER_UNIT,
+    CostModel,
     Step,
     StepContext,
+    Work,
     first_difference,
     format_seconds,
     prepare_run_dir,
@@ -154,6 +157,37 @@ def test_progress_lines_count_steps_and_estimate_time_left(tmp_path, caplog):
     assert any(line.startswith("[2/2] fake two ... (about ") for line in lines)
     # the second estimate is calibrated by how fast the first step really was (~0 s)
     assert "[2/2] fake two ... (about 50s left)" not in lines
+
+
+def test_estimates_use_the_rate_measured_on_steps_of_the_same_kind():
+    costs = CostModel()
+    train = Step("b", "b", lambda ctx: {}, work=Work("train cnn", 4.0))
+    attack = Step("c", "c", lambda ctx: {}, work=Work("attack cnn", 100.0))
+    plain = Step("d", "d", lambda ctx: {}, expected_seconds=7.0)
+    assert costs.estimate(train) == pytest.approx(4.0 * PRIOR_SECONDS_PER_UNIT["train"])
+    assert costs.estimate(plain) == 7.0
+    # a train step of 10 units took 5 s where 2 s were guessed: 0.5 s a unit from now on
+    costs.add({"kind": "train cnn", "units": 10.0}, 5.0, guessed=2.0)
+    assert costs.estimate(train) == pytest.approx(2.0)
+    # kinds not measured yet keep their guess, scaled by how far off the guesses were so far
+    assert costs.estimate(attack) == pytest.approx(100.0 * PRIOR_SECONDS_PER_UNIT["attack"] * 2.5)
+    assert costs.estimate(plain) == pytest.approx(7.0 * 2.5)
+
+
+def test_a_resumed_run_estimates_from_the_costs_its_markers_recorded(tmp_path, caplog):
+    steps = [
+        Step(name, name, lambda ctx: {"ok": True}, work=Work("train cnn", units))
+        for name, units in (("one", 10.0), ("two", 4.0))
+    ]
+    prepare_run_dir(tmp_path, CONFIG)
+    run_steps(tmp_path, steps)
+    marker = json.loads((tmp_path / "one" / "done.json").read_text())
+    assert marker["work"] == {"kind": "train cnn", "units": 10.0}
+    write_json(tmp_path / "one" / "done.json", {**marker, "seconds": 50.0})  # as if slow
+    (tmp_path / "two" / "done.json").unlink()
+    with caplog.at_level(logging.INFO, logger="robustlab.studies.runner"):
+        run_steps(tmp_path, steps)
+    assert "[2/2] two ... (about 20s left)" in [r.getMessage() for r in caplog.records]
 
 
 def test_first_difference_and_format_seconds():

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_study(
             study, out, data_dir=args.data_dir, restart=args.restart, progress=show_progress()
         )
-    summary = study.module.summary(study.config, results["steps"])
+    summary = study.definition.summary(study.config, results["steps"])
     print(
         json.dumps({"run_dir": str(out), "report": str(out / "report.html"), **summary}, indent=1)
     )

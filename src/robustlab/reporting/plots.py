@@ -12,6 +12,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -240,4 +241,72 @@ def plot_filter(delta: Any, path: str | os.PathLike[str], *, title: str = "learn
             ax.set_title(f"channel {name}", fontsize=9)
     fig.colorbar(image, ax=list(axes), fraction=0.046, pad=0.04, label="Δ pixel")
     fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a ``plot_lines`` chart: y against x, ``None`` values left as gaps.
+
+    ``x`` None draws a horizontal line at ``y[0]`` (a reference such as a baseline's accuracy).
+    """
+
+    y: Sequence[float | None]
+    label: str
+    x: Sequence[float] | None = None
+    style: Mapping[str, Any] = field(default_factory=dict)  # matplotlib keywords: color, marker...
+    right: bool = False  # drawn against the right-hand axis (``right_label``)
+
+
+def lines_figure(
+    lines: Sequence[Line],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str = "accuracy",
+    right_label: str | None = None,
+    xticks: Sequence[float] | None = None,
+) -> Figure:
+    """A line chart of accuracies (left axis, 0..1) and, optionally, another quantity (right)."""
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    other = ax.twinx() if right_label else None
+    for line in lines:
+        axis = other if line.right and other is not None else ax
+        values = [math.nan if v is None else v for v in line.y]
+        if line.x is None:
+            axis.axhline(values[0], linewidth=1, label=line.label, **line.style)
+        else:
+            axis.plot(line.x, values, label=line.label, **line.style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    if other is not None:
+        other.set_ylabel(right_label)
+    if xticks is not None:
+        ax.set_xticks(list(xticks))
+    ax.grid(alpha=0.3)
+    handles = [
+        h for axis in (ax, other) if axis is not None for h in axis.get_legend_handles_labels()[0]
+    ]
+    ax.legend(handles=handles, frameon=False, fontsize=8, ncol=2 if len(handles) > 6 else 1)
+    ax.set_title(title, fontsize=11)
+    return fig
+
+
+def plot_lines(lines: Sequence[Line], path: str | os.PathLike[str], **labels: Any) -> Path:
+    """Write ``lines_figure(lines, **labels)`` (title, xlabel, ...) as a PNG."""
+    return _save(lines_figure(lines, **labels), path)
+
+
+def plot_images(images: Sequence[Any], titles: Sequence[str], path: str | os.PathLike[str]) -> Path:
+    """Images ``(C, H, W)`` in [0, 1] side by side, each titled; grey when single-channel."""
+    fig = Figure(figsize=(3.2 * len(images), 3.4))
+    axes = np.atleast_1d(fig.subplots(1, len(images)))
+    for ax, image, title in zip(axes, images, titles, strict=True):
+        grey = np.asarray(image).shape[0] == 1
+        ax.imshow(_as_image(image), cmap="gray" if grey else None, vmin=0.0, vmax=1.0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _save(fig, path)

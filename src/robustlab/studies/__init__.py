@@ -14,6 +14,8 @@ from robustlab.studies.config import (
     StudyConfig,
     apply_overrides,
 )
+from robustlab.studies.protocol import Study
+from robustlab.studies.registry import STUDIES
 from robustlab.studies.runner import Step, StepContext, prepare_run_dir, run_steps
 from robustlab.studies.study import (
     LoadedStudy,
@@ -24,6 +26,7 @@ from robustlab.studies.study import (
 )
 
 __all__ = [
+    "STUDIES",
     "AttackConfig",
     "DataConfig",
     "DefenceConfig",
@@ -31,6 +34,7 @@ __all__ = [
     "ModelConfig",
     "Step",
     "StepContext",
+    "Study",
     "StudyConfig",
     "apply_overrides",
     "list_presets",

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from robustlab.errors import UserError, unknown_name
-from robustlab.io import atomic_path
 from robustlab.studies import common
 from robustlab.studies.config import (
     AttackConfig,
@@ -27,7 +26,11 @@ from robustlab.studies.config import (
     StudyConfig,
     TransferConfig,
 )
+from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step
+
+if TYPE_CHECKING:
+    from robustlab.reporting import ReportSpec, Section
 
 
 class Config(StudyConfig):
@@ -41,85 +44,29 @@ class Config(StudyConfig):
     limit: int | None = Field(default=None, ge=1)  # first N test images for the attacks
     transfer: TransferConfig | None = None
 
-    def check(self) -> None:
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            raise UserError(f"model names must be unique, got {', '.join(names)}")
-        if self.surrogate not in names:
-            raise UserError(f"surrogate: {unknown_name('model', self.surrogate, names)}")
-        for name in (self.transfer.models or []) if self.transfer else []:
-            if name not in names:
-                raise UserError(f"transfer.models: {unknown_name('model', name, names)}")
-        attack_names = [a.name for a in self.attacks]
-        if len(set(attack_names)) != len(attack_names):
-            raise UserError(f"attacks must have different names, got {', '.join(attack_names)}")
-        CurvesConfig(name="check", attack=self.attacks[0], eps=self.eps)  # eps range
-
     def targets(self) -> list[str]:
         """The models attacked (every model but the surrogate)."""
         return [m.name for m in self.models if m.name != self.surrogate]
 
     def curves(self) -> list[tuple[str, CurvesConfig]]:
-        """(target, curves settings) for every attacked model and attack."""
+        """(target model, curves settings) for every attacked model and attack."""
         return [
             (
-                target,
+                target_model,
                 CurvesConfig(
-                    name=f"{target}-{attack.name}",
+                    name=f"{target_model}-{attack.name}",
                     attack=attack,
                     eps=self.eps,
-                    target=target,
+                    target=target_model,
                     surrogates=[self.surrogate],
                     noise=True,
                     limit=self.limit,
                     examples=0,
                 ),
             )
-            for target in self.targets()
+            for target_model in self.targets()
             for attack in self.attacks
         ]
-
-
-def steps(config: Config) -> list[Step]:
-    n_test = min(
-        config.limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
-    )
-    out = [common.data_step(config.data)]
-    out += [
-        common.train_step(m, config.data, common.train_estimate(m, config.data))
-        for m in config.models
-    ]
-    costs = {m.name: _cost(m, config) for m in config.models}
-    for target, curves in config.curves():
-        per_image = (costs[target] + costs[config.surrogate]) / 2
-        out.append(
-            common.curves_step(
-                curves,
-                config.data,
-                target,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.curves_estimate(curves, n_test, per_image),
-            )
-        )
-    if config.transfer is not None:
-        names = config.transfer.models or [m.name for m in config.models]
-        per_image = sum(costs[n] for n in names) / len(names)
-        out.append(
-            common.transfer_step(
-                config.transfer,
-                config.data,
-                names,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
-            )
-        )
-    return out
-
-
-def _cost(model: ModelConfig, config: Config) -> float:
-    """Seconds per image for one forward + input-gradient pass (2 cores, rough)."""
-    side = model.resize_to or config.data.image_size or 28
-    return (4e-3 if model.pretrained else 3e-4) * (side / 96) ** 2 * 10
 
 
 # -------------------------------------------------------------------------------- report
@@ -128,12 +75,12 @@ def _cost(model: ModelConfig, config: Config) -> float:
 def _accuracies(config: Config, results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """Per attack label: target -> {clean, white-box, transfer, noise} accuracy lists."""
     table: dict[str, dict[str, Any]] = {}
-    for target, curves in config.curves():
+    for target_model, curves in config.curves():
         summary = results.get(common.curves_step_name(curves))
         if summary is None:
             continue
         by_kind = {curve["kind"]: curve["accuracy"] for curve in summary["curves"]}
-        table.setdefault(curves.attack.display, {})[target] = {
+        table.setdefault(curves.attack.display, {})[target_model] = {
             "clean": summary["clean_accuracy"],
             "white-box": by_kind.get("white-box"),
             "transfer": by_kind.get("black-box"),
@@ -146,44 +93,18 @@ def plot_comparison(
     eps: list[float], rows: Mapping[str, Any], kind: str, path: Path, title: str
 ) -> Path:
     """One accuracy-vs-epsilon line per model (clean accuracy at eps 0)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from robustlab.reporting.plots import Line, plot_lines
 
-    fig = Figure(figsize=(7.0, 4.6))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for name, row in rows.items():
-        values = row.get(kind)
-        if values:
-            ax.plot([0.0, *eps], [row["clean"], *values], marker="o", label=name)
-    ax.set_xlabel("ε (fraction of the pixel range)")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=9)
-    ax.set_title(title, fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+    lines = [
+        Line([row["clean"], *row[kind]], name, x=[0.0, *eps], style={"marker": "o"})
+        for name, row in rows.items()
+        if row.get(kind)
+    ]
+    return plot_lines(lines, path, title=title, xlabel="ε (fraction of the pixel range)")
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    mid = len(config.eps) // 2
-    out: dict[str, Any] = {"eps": config.eps[mid]}
-    for label, rows in _accuracies(config, results).items():
-        out[label] = {
-            name: {
-                "clean": row["clean"],
-                "white_box": row["white-box"][mid],
-                "transfer": row["transfer"][mid],
-            }
-            for name, row in rows.items()
-        }
-    return out
-
-
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
+def _overview_section(config: Config, results: StepResults) -> Section:
+    from robustlab.reporting import Section
 
     data = results.get("data", {})
     intro = [
@@ -199,61 +120,115 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
         "baselines, and the transfer matrix.",
         *config.notes,
     ]
-    sections = [
-        Section(
-            id="overview",
-            title="What this study does",
-            text="\n\n".join(intro),
-            tables=[common.models_table(results, config.models, "Accuracy of the trained models")],
-        )
-    ]
-    figures_dir = run_dir / "comparison"
-    for k, (label, rows) in enumerate(_accuracies(config, results).items()):
-        figures = []
-        for kind in ("white-box", "transfer"):
-            name = f"{k}_{kind}.png"
-            plot_comparison(
-                config.eps, rows, kind, figures_dir / name, f"{kind} {label}: accuracy vs ε"
-            )
-            figures.append(
-                Figure(f"comparison/{name}", f"{kind} {label}, every model (ε = 0: clean)")
-            )
-        table = Table(
-            [
-                "model",
-                "clean",
-                *[f"white-box ε={e:g}" for e in config.eps],
-                *[f"transfer ε={e:g}" for e in config.eps],
-            ],
-            [
-                [name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])]
-                for name, row in rows.items()
-            ],
-            f"{label}: accuracy of each model",
-        )
-        sections.append(
-            Section(
-                id=f"compare-{k}",
-                title=f"Comparison under {label}",
-                tables=[table],
-                figures=figures,
-            )
-        )
-    for _, curves in config.curves():
-        step = common.curves_step_name(curves)
-        if step in results:
-            sections.append(
-                common.curves_section(
-                    run_dir, step, f"curves-{curves.name}", label=curves.attack.display
+    return Section(
+        id="overview",
+        title="What this study does",
+        text="\n\n".join(intro),
+        tables=[common.models_table(results, config.models, "Accuracy of the trained models")],
+    )
+
+
+def _comparison_section(
+    config: Config, k: int, label: str, rows: Mapping[str, Any], run_dir: Path
+) -> Section:
+    """Every model under one attack: white-box and transfer accuracy against epsilon."""
+    from robustlab.reporting import Figure, Section, Table
+
+    figures = []
+    for kind in ("white-box", "transfer"):
+        name = f"{k}_{kind}.png"
+        title = f"{kind} {label}: accuracy vs ε"
+        plot_comparison(config.eps, rows, kind, run_dir / "comparison" / name, title)
+        caption = f"{kind} {label}, every model (ε = 0: clean)"
+        figures.append(Figure(f"comparison/{name}", caption))
+    table = Table(
+        [
+            "model",
+            "clean",
+            *[f"white-box ε={e:g}" for e in config.eps],
+            *[f"transfer ε={e:g}" for e in config.eps],
+        ],
+        [
+            [name, row["clean"], *(row["white-box"] or []), *(row["transfer"] or [])]
+            for name, row in rows.items()
+        ],
+        f"{label}: accuracy of each model",
+    )
+    return Section(
+        id=f"compare-{k}", title=f"Comparison under {label}", tables=[table], figures=figures
+    )
+
+
+class AdversarialRegularisationStudy(Study[Config]):
+    """The study ``adversarial-regularisation`` (``presets/adversarial-regularisation.yaml``)."""
+
+    kind = "adversarial-regularisation"
+    config_type = Config
+
+    def check(self, config: Config) -> None:
+        names = [m.name for m in config.models]
+        if len(set(names)) != len(names):
+            raise UserError(f"model names must be unique, got {', '.join(names)}")
+        if config.surrogate not in names:
+            raise UserError(f"surrogate: {unknown_name('model', config.surrogate, names)}")
+        for name in (config.transfer.models or []) if config.transfer else []:
+            if name not in names:
+                raise UserError(f"transfer.models: {unknown_name('model', name, names)}")
+        attack_names = [a.name for a in config.attacks]
+        if len(set(attack_names)) != len(attack_names):
+            raise UserError(f"attacks must have different names, got {', '.join(attack_names)}")
+        CurvesConfig(name="check", attack=config.attacks[0], eps=config.eps)  # eps range
+
+    def steps(self, config: Config) -> list[Step]:
+        models = {model.name: model for model in config.models}
+        out = [common.data_step(config.data)]
+        out += [common.train_step(model, config.data) for model in config.models]
+        for target_model, curves in config.curves():
+            work = common.curves_work(curves, config.data, models[target_model])
+            out.append(
+                common.curves_step(
+                    curves, config.data, target_model, batch_size=config.eval_batch_size, work=work
                 )
             )
-    if "transfer-matrix" in results:
-        sections.append(
-            common.transfer_section(run_dir, "transfer", "Every model attacks every other.")
+        out += common.transfer_steps(
+            config.transfer, config.data, models, batch_size=config.eval_batch_size
         )
-    return ReportSpec(
-        title=config.title
-        or "Adversarial regularisation, adversarial training and transfer learning",
-        subtitle=f"data {config.data.name}",
-        sections=sections,
-    )
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        mid = len(config.eps) // 2
+        out: dict[str, Any] = {"eps": config.eps[mid]}
+        for label, rows in _accuracies(config, results).items():
+            out[label] = {
+                name: {
+                    "clean": row["clean"],
+                    "white_box": row["white-box"][mid],
+                    "transfer": row["transfer"][mid],
+                }
+                for name, row in rows.items()
+            }
+        return out
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import ReportSpec
+
+        sections = [_overview_section(config, results)]
+        accuracies = _accuracies(config, results)
+        sections += [
+            _comparison_section(config, k, label, rows, run_dir)
+            for k, (label, rows) in enumerate(accuracies.items())
+        ]
+        for _, curves in config.curves():
+            step = common.curves_step_name(curves)
+            if step in results:
+                section_id, label = f"curves-{curves.name}", curves.attack.display
+                sections.append(common.curves_section(run_dir, step, section_id, label=label))
+        if "transfer-matrix" in results:
+            intro = "Every model attacks every other."
+            sections.append(common.transfer_section(run_dir, "transfer", intro))
+        return ReportSpec(
+            title=config.title
+            or "Adversarial regularisation, adversarial training and transfer learning",
+            subtitle=f"data {config.data.name}",
+            sections=sections,
+        )

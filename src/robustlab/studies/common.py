@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from robustlab.io import read_json, write_json
 from robustlab.schemas import CurvesFile, TransferFile, read_record
 from robustlab.studies.config import CurvesConfig, DataConfig, ModelConfig, TransferConfig
-from robustlab.studies.runner import Step, StepContext
+from robustlab.studies.runner import Step, StepContext, Work
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,7 @@ def train_step_name(model: str) -> str:
     return f"train-{model}"
 
 
-def train_step(model: ModelConfig, data: DataConfig, expected_seconds: float) -> Step:
+def train_step(model: ModelConfig, data: DataConfig) -> Step:
     """Train ``model`` into the step folder (``train_run`` resumes from its last epoch)."""
 
     def run(ctx: StepContext) -> dict[str, Any]:
@@ -104,7 +104,8 @@ def train_step(model: ModelConfig, data: DataConfig, expected_seconds: float) ->
         # Timings live in the runner's records; results hold only what a rerun reproduces.
         return {key: value for key, value in metrics.items() if key != "seconds"}
 
-    return Step(train_step_name(model.name), f"train {model.name}", run, expected_seconds)
+    title = f"train {model.name}"
+    return Step(train_step_name(model.name), title, run, work=train_work(model, data))
 
 
 def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -127,22 +128,29 @@ def load_model(ctx: StepContext, name: str) -> nn.Module:
     return ctx.cache[key]
 
 
-def train_estimate(model: ModelConfig, data: DataConfig) -> float:
-    """Seconds to train ``model`` on 2 CPU cores, roughly (for the time-left estimate)."""
-    n_train = estimated_size(data) * 0.7
-    side = data.image_size or 96
-    pixels = (model.resize_to or side) ** 2 / 96**2
+def pixel_scale(side: int | None) -> float:
+    """Pixels of a ``side`` x ``side`` image relative to 96 x 96, the size a unit of work is at."""
+    return ((side or 96) / 96) ** 2
+
+
+def test_size(data: DataConfig, limit: int | None) -> int:
+    """Test images an attack step will see (a guess before the data is read)."""
+    n_test = max(1, round(estimated_size(data) * data.split[2]))
+    return min(n_test, limit) if limit else n_test
+
+
+def train_work(model: ModelConfig, data: DataConfig) -> Work:
+    """Image passes to train ``model``: each trained epoch, plus one feature / scoring pass."""
+    n_train = estimated_size(data) * data.split[0]
     if model.strategy == "frozen":
-        per_epoch, full_epochs = 0.0, 0
+        full_epochs = 0  # only the head trains, on features computed once
     elif model.strategy == "finetune":
-        per_epoch, full_epochs = 12e-3, model.epochs - model.head_epochs
+        full_epochs = model.epochs - model.head_epochs
     else:
-        per_epoch, full_epochs = 6e-3, model.epochs
-    cost = 5e-3 * n_train * pixels  # one feature or scoring pass
-    if model.pretrained is None and model.strategy == "scratch":
-        cost = 2e-3 * n_train * pixels
-    defence = 4.0 if model.defence else 1.0
-    return 2 + cost * 2 + per_epoch * n_train * pixels * full_epochs * defence
+        full_epochs = model.epochs
+    kind = f"train {model.arch}" + (f" {model.defence.name}" if model.defence else "")
+    passes = n_train * pixel_scale(model.resize_to or data.image_size) * (full_epochs + 1)
+    return Work(kind, passes)
 
 
 # -------------------------------------------------------------------------------- attacks
@@ -155,20 +163,20 @@ def curves_step_name(curves: CurvesConfig) -> str:
 def curves_step(
     curves: CurvesConfig,
     data: DataConfig,
-    target: str,
+    target_model: str,
     *,
     batch_size: int,
-    expected_seconds: float,
+    work: Work,
 ) -> Step:
-    """Robustness curves of ``target``: white-box, black-box from each surrogate, noise."""
+    """Robustness curves of ``target_model``: white-box, black-box from each surrogate, noise."""
 
     def run(ctx: StepContext) -> dict[str, Any]:
         from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
 
         x, y = test_images(ctx, data, curves.limit)
-        model = load_model(ctx, target)
+        model = load_model(ctx, target_model)
         surrogates = {name: load_model(ctx, name) for name in curves.surrogates or []}
-        keep = range(min(len(x), max(16, curves.examples)))
+        kept_images = range(min(len(x), max(16, curves.examples)))  # per-sample records
         result = robustness_curves(
             model,
             x,
@@ -177,9 +185,9 @@ def curves_step(
             curves.eps,
             surrogates=surrogates,
             noise=curves.noise,
-            target_name=target,
+            target_name=target_model,
             batch_size=batch_size,
-            keep=keep,
+            keep=kept_images,
             sanity=curves.sanity,
             unbounded_check=curves.unbounded_check,
             seed=ctx.seed,
@@ -194,13 +202,13 @@ def curves_step(
             clean_logits,
             splits_for(ctx, data).classes,
             examples=curves.examples,
-            save=len(keep),
+            save=len(kept_images),
             batch_size=batch_size,
         )
         return curves_summary(result.to_dict(), curves.attack.display)
 
-    title = f"attack {curves.name} on {target}"
-    return Step(curves_step_name(curves), title, run, expected_seconds)
+    title = f"attack {curves.name} on {target_model}"
+    return Step(curves_step_name(curves), title, run, work=work)
 
 
 def curves_summary(data: Mapping[str, Any], label: str) -> dict[str, Any]:
@@ -223,21 +231,28 @@ def curves_summary(data: Mapping[str, Any], label: str) -> dict[str, Any]:
     }
 
 
-def curves_estimate(curves: CurvesConfig, n_test: int, cost_per_image: float) -> float:
-    """Seconds for a curves step: attack passes x images x per-image gradient cost."""
-    n = min(n_test, curves.limit or n_test)
+def curves_work(
+    curves: CurvesConfig, data: DataConfig, attacked: ModelConfig, sources: int | None = None
+) -> Work:
+    """Input-gradient passes of a curves step: attack steps x epsilons x images, plus scoring."""
+    n = test_size(data, curves.limit)
     steps = int(curves.attack.settings.get("steps", 1 if curves.attack.name == "fgsm" else 10))
-    sources = len(curves.surrogates or [])
+    sources = len(curves.surrogates or []) if sources is None else sources
     passes = len(curves.eps) * steps * (1 + sources)
     passes += len(curves.eps) * (2 + sources)  # scoring, noise
     if curves.sanity:
         passes += 3 + (20 if curves.unbounded_check else 0)
-    return 2 + passes * n * cost_per_image
+    scale = pixel_scale(attacked.resize_to or data.image_size)
+    return Work(f"attack {attacked.arch}", passes * n * scale)
 
 
-def transfer_estimate(n_models: int, n_test: int, cost_per_image: float) -> float:
-    """Seconds for a transfer matrix: each model crafts once, then every model scores it."""
-    return 2 + n_models * (2 + n_models) * n_test * cost_per_image
+def transfer_work(
+    transfer: TransferConfig, data: DataConfig, models: Sequence[ModelConfig]
+) -> Work:
+    """Passes of a transfer matrix: each model crafts once, then every model scores it."""
+    n = test_size(data, transfer.limit)
+    per_image = sum(pixel_scale(m.resize_to or data.image_size) for m in models)
+    return Work("attack transfer-matrix", (2 + len(models)) * n * per_image)
 
 
 def transfer_step(
@@ -246,7 +261,7 @@ def transfer_step(
     models: Sequence[str],
     *,
     batch_size: int,
-    expected_seconds: float,
+    work: Work,
 ) -> Step:
     """The N x N transfer matrix over ``models`` at one epsilon."""
 
@@ -269,7 +284,22 @@ def transfer_step(
             for key in ("models", "attack", "eps", "n", "accuracy", "clean_accuracy", "flags")
         }
 
-    return Step("transfer-matrix", "transfer matrix", run, expected_seconds)
+    return Step("transfer-matrix", "transfer matrix", run, work=work)
+
+
+def transfer_steps(
+    transfer: TransferConfig | None,
+    data: DataConfig,
+    models: Mapping[str, ModelConfig],
+    *,
+    batch_size: int,
+) -> list[Step]:
+    """The transfer-matrix step over ``transfer.models`` (default: all ``models``), if any."""
+    if transfer is None:
+        return []
+    names = transfer.models or list(models)
+    work = transfer_work(transfer, data, [models[name] for name in names])
+    return [transfer_step(transfer, data, names, batch_size=batch_size, work=work)]
 
 
 # -------------------------------------------------------------------------------- report

@@ -17,9 +17,10 @@ first 3 blocks from A, frozen; ``A3B+`` = the same, trainable.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -27,7 +28,12 @@ from robustlab.errors import UserError
 from robustlab.io import atomic_path, write_json
 from robustlab.studies import common
 from robustlab.studies.config import AttackConfig, Strict, StudyConfig
-from robustlab.studies.runner import Step, StepContext
+from robustlab.studies.protocol import StepResults, Study
+from robustlab.studies.runner import Step, StepContext, Work
+
+if TYPE_CHECKING:
+    from robustlab.attacks import SweepResult
+    from robustlab.reporting import ReportSpec
 
 VARIANTS = ("AnB", "AnB+", "BnB", "BnB+")
 
@@ -71,11 +77,6 @@ class Config(StudyConfig):
             )
         return sorted(set(blocks))
 
-    def check(self) -> None:
-        total = count_blocks(self.arch)
-        if max(self.blocks) > total:
-            raise UserError(f"blocks: {self.arch} has {total} blocks, got n = {max(self.blocks)}")
-
     def models(self) -> list[str]:
         """Every model's name in training order: base B, then each variant at each n."""
         names = ["base-B"]
@@ -91,6 +92,7 @@ def variant_name(variant: str, n: int) -> str:
     return variant.replace("n", str(n))
 
 
+@functools.cache
 def count_blocks(arch: str) -> int:
     """Number of transferable blocks of ``arch`` (built once without weights, on a tiny input)."""
     from robustlab.models import ModelSpec, create_model
@@ -99,32 +101,6 @@ def count_blocks(arch: str) -> int:
 
 
 # -------------------------------------------------------------------------------- steps
-
-
-def steps(config: Config) -> list[Step]:
-    total = count_blocks(config.arch)
-    n_train = common.estimated_size(config.data) * config.data.split[0]
-    pixels = ((config.data.image_size or 96) / 96) ** 2
-    epoch_seconds = 12e-3 * n_train * pixels
-    out = [common.data_step(config.data)]
-    out.append(_train_step(config, "base-B", 0, "scratch", epoch_seconds * config.base_b_epochs))
-    for name in config.models()[1:]:
-        variant, n = _parse(name)
-        epochs = (
-            config.epochs
-            if not variant.endswith("+")
-            else config.plus_epochs + config.plus_finetune_epochs
-        )
-        share = 0.3 if n == total and not variant.endswith("+") else 1 - 0.5 * n / total
-        out.append(_train_step(config, name, n, variant, 3 + epoch_seconds * epochs * share))
-    n_test = min(
-        config.eval_limit or 10**9, round(common.estimated_size(config.data) * config.data.split[2])
-    )
-    out.append(_craft_step(config, total, 2 + n_test * 4e-3 * pixels))
-    steps_pgd = int(config.pgd.settings.get("steps", 10))
-    per_model = n_test * 4e-3 * pixels * (3 + steps_pgd)
-    out.append(_evaluate_step(config, 2 + per_model * len(config.models())))
-    return out
 
 
 def _parse(name: str) -> tuple[str, int]:
@@ -155,88 +131,90 @@ def _base_a(ctx: StepContext, config: Config, splits: Any) -> Any:
     return ctx.cache["base-A"]
 
 
-def _train_step(config: Config, name: str, n: int, variant: str, expected: float) -> Step:
-    """Build ``name`` (copy n blocks from A or base B), train it with ``fit``, save a checkpoint."""
+def _train_work(config: Config, variant: str, n: int) -> Work:
+    """Image passes to train one model: its epochs, over the share of the network that trains."""
+    total = count_blocks(config.arch)
+    if variant == "scratch":
+        epochs, share = config.base_b_epochs, 1.0
+    elif variant.endswith("+"):
+        epochs, share = config.plus_epochs + config.plus_finetune_epochs, 1 - 0.5 * n / total
+    else:  # copied blocks frozen; n = all trains the head alone, on cached features
+        epochs, share = config.epochs, 0.3 if n == total else 1 - 0.5 * n / total
+    n_train = common.estimated_size(config.data) * config.data.split[0]
+    passes = n_train * common.pixel_scale(config.data.image_size) * epochs * share
+    return Work(f"train {config.arch}", passes)
+
+
+def _train_step(config: Config, name: str, n: int, variant: str, work: Work) -> Step:
+    """Build ``name`` (n blocks copied from base A or base B) and train it with ``train_run``."""
+    all_blocks = n == count_blocks(config.arch)
 
     def run(ctx: StepContext) -> dict[str, Any]:
-        import torch
-
-        from robustlab.models import create_model, save_checkpoint, transfer_blocks
-        from robustlab.training import TrainConfig, fit
-        from robustlab.training.recipe import accuracy
+        from robustlab.models import transfer_blocks
+        from robustlab.training import train_run
 
         metrics = common._finished_metrics(ctx.dir)
-        if metrics is not None:
-            return metrics
-        splits = common.splits_for(ctx, config.data)
-        base_a = _base_a(ctx, config, splits)
-        torch.manual_seed(config.train.seed)
-        model = create_model(
-            dataclasses.replace(
+        if metrics is None:
+            splits = common.splits_for(ctx, config.data)
+            base_a = _base_a(ctx, config, splits)
+
+            def copy_blocks(model: Any) -> None:
+                source = base_a if variant.startswith("A") else common.load_model(ctx, "base-B")
+                transfer_blocks(source, model, n, freeze=not variant.endswith("+"))
+
+            model_spec = dataclasses.replace(
                 _model_spec(config, splits, None),
                 mean=_stat(base_a, "mean"),
                 std=_stat(base_a, "std"),
             )
-        )
-        total = len(model.blocks())
-        if variant != "scratch":
-            source = base_a if variant.startswith("A") else common.load_model(ctx, "base-B")
-            transfer_blocks(source, model, n, freeze=not variant.endswith("+"))
-        train = (splits.train.images, splits.train.labels)
-        val = (splits.val.images, splits.val.labels)
-        settings = config.train.model_dump(exclude={"finetune_lr_factor"})
-        phases: list[tuple[str, TrainConfig]]
-        if variant == "scratch":
-            phases = [
-                ("train", TrainConfig(strategy="scratch", epochs=config.base_b_epochs, **settings))
-            ]
-        elif not variant.endswith("+"):
-            # n = all: only the head trains, on features computed once.
-            strategy = "frozen" if n == total else "scratch"
-            phases = [("train", TrainConfig(strategy=strategy, epochs=config.epochs, **settings))]
-        else:
-            finetune = {**settings, "lr": config.train.lr * config.train.finetune_lr_factor}
-            phases = [
-                ("train", TrainConfig(strategy="scratch", epochs=config.plus_epochs, **settings)),
-                (
-                    "finetune",
-                    TrainConfig(strategy="scratch", epochs=config.plus_finetune_epochs, **finetune),
-                ),
-            ]
-        history = []
-        for phase, train_config in phases:
-            for record in fit(
-                model, train, val, train_config, state_dir=ctx.dir / phase, progress=ctx.progress
-            ):
-                history.append({**record, "stage": phase})
-        model.eval()
-        metrics = {
-            f"{split}_accuracy": accuracy(model, part.images, part.labels, config.eval_batch_size)
-            for split, part in splits.items()
-        }
-        metrics |= {"epochs_run": len(history), "blocks_copied": n, "variant": variant}
-        write_json(ctx.dir / "history.json", history)
-        save_checkpoint(
-            ctx.dir,
-            model,
-            {
-                "classes": list(splits.classes),
-                "data": config.data.spec().to_dict(),
-                "metrics": metrics,
-            },
-        )
-        for phase, _ in phases:  # the final weights are saved: the resumable states can go
-            (ctx.dir / phase / "train_state.pt").unlink(missing_ok=True)
-        return metrics
+            first, *then = _phases(config, variant, all_blocks)
+            metrics = train_run(
+                ctx.dir,
+                config.data.spec(),
+                model_spec,
+                first.config,
+                init=None if variant == "scratch" else copy_blocks,
+                then=then,
+                extra={"transfer": {"variant": variant, "blocks": n}},
+                data_dir=ctx.data_dir,
+                progress=ctx.progress,
+            )
+        # Timings live in the runner's records; results hold only what a rerun reproduces.
+        kept = {key: value for key, value in metrics.items() if key != "seconds"}
+        return kept | {"blocks_copied": n, "variant": variant}
 
-    return Step(common.train_step_name(name), f"train {name}", run, expected)
+    return Step(common.train_step_name(name), f"train {name}", run, work=work)
+
+
+def _phases(config: Config, variant: str, all_blocks: bool) -> list[Any]:
+    """The training phases of a variant: base B and AnB train once, AnB+ then fine-tunes."""
+    from robustlab.training import TrainConfig
+    from robustlab.training.recipe import Phase
+
+    settings = config.train.model_dump(exclude={"finetune_lr_factor"})
+    if variant == "scratch":
+        return [
+            Phase("train", TrainConfig(strategy="scratch", epochs=config.base_b_epochs, **settings))
+        ]
+    if not variant.endswith("+"):
+        # n = all: only the head trains, on features computed once.
+        strategy = "frozen" if all_blocks else "scratch"
+        return [Phase("train", TrainConfig(strategy=strategy, epochs=config.epochs, **settings))]
+    finetune = {**settings, "lr": config.train.lr * config.train.finetune_lr_factor}
+    return [
+        Phase("train", TrainConfig(strategy="scratch", epochs=config.plus_epochs, **settings)),
+        Phase(
+            "finetune",
+            TrainConfig(strategy="scratch", epochs=config.plus_finetune_epochs, **finetune),
+        ),
+    ]
 
 
 def _stat(model: Any, name: str) -> tuple[float, ...]:
     return tuple(float(v) for v in getattr(model.preprocess, name).flatten())
 
 
-def _craft_step(config: Config, total: int, expected: float) -> Step:
+def _craft_step(config: Config, total: int, work: Work) -> Step:
     """FGSM adversarial test set crafted with base A's loss (A's frozen features + B head)."""
     crafter = variant_name("AnB", total)
 
@@ -244,22 +222,33 @@ def _craft_step(config: Config, total: int, expected: float) -> Step:
         from safetensors.torch import save_file
 
         x, y = common.test_images(ctx, config.data, config.eval_limit)
-        model = common.load_model(ctx, crafter)
-        attack = config.fgsm.build(eps=config.eps)
-        x_adv = [
-            attack(model, x[i : i + config.eval_batch_size], y[i : i + config.eval_batch_size])
-            for i in range(0, len(x), config.eval_batch_size)
-        ]
-        import torch
-
+        crafted = _attack_every_image(config, config.fgsm, common.load_model(ctx, crafter), x, y)
+        adversarials = crafted.adversarials[0]  # type: ignore[index]
         with atomic_path(ctx.dir / "adversarials.safetensors") as tmp:
-            save_file({"x_adv": torch.cat(x_adv).contiguous(), "y": y.contiguous()}, str(tmp))
+            save_file({"x_adv": adversarials.contiguous(), "y": y.contiguous()}, str(tmp))
         return {"crafted_on": crafter, "attack": config.fgsm.name, "eps": config.eps, "n": len(x)}
 
-    return Step("craft-fgsm", f"craft FGSM test set on {crafter}", run, expected)
+    return Step("craft-fgsm", f"craft FGSM test set on {crafter}", run, work=work)
 
 
-def _evaluate_step(config: Config, expected: float) -> Step:
+def _attack_every_image(
+    config: Config, attack: AttackConfig, model: Any, x: Any, y: Any
+) -> SweepResult:
+    """``attack`` at ``config.eps`` on every image, the clean mistakes too (not worst case)."""
+    from robustlab.attacks import sweep_dataset
+
+    return sweep_dataset(
+        attack.build(eps=config.eps),
+        model,
+        x,
+        y,
+        [config.eps],
+        batch_size=config.eval_batch_size,
+        worst_case=False,
+    )
+
+
+def _evaluate_step(config: Config, work: Work) -> Step:
     """Natural, FGSM-from-A and white-box PGD accuracy of every model."""
 
     def run(ctx: StepContext) -> dict[str, Any]:
@@ -269,142 +258,107 @@ def _evaluate_step(config: Config, expected: float) -> Step:
 
         x, y = common.test_images(ctx, config.data, config.eval_limit)
         x_adv = load_file(str(ctx.step_dir("craft-fgsm") / "adversarials.safetensors"))["x_adv"]
-        pgd = config.pgd.build(eps=config.eps)
-        rows = {}
+        accuracies = {}
         for name in config.models():
             model = common.load_model(ctx, name)
-            adv_pgd = [
-                pgd(model, x[i : i + config.eval_batch_size], y[i : i + config.eval_batch_size])
-                for i in range(0, len(x), config.eval_batch_size)
-            ]
-            import torch
-
-            rows[name] = {
+            white_box = _attack_every_image(config, config.pgd, model, x, y)
+            accuracies[name] = {
                 "natural": accuracy(model, x, y, config.eval_batch_size),
                 "fgsm_from_A": accuracy(model, x_adv, y, config.eval_batch_size),
-                "pgd_white_box": accuracy(model, torch.cat(adv_pgd), y, config.eval_batch_size),
+                "pgd_white_box": white_box.accuracy()[0],
             }
-        write_json(ctx.dir / "accuracy.json", rows)
-        return {"n": len(x), "eps": config.eps, "accuracy": rows}
+        write_json(ctx.dir / "accuracy.json", accuracies)
+        return {"n": len(x), "eps": config.eps, "accuracy": accuracies}
 
-    return Step("evaluate", "evaluate every model (natural, FGSM from A, PGD)", run, expected)
+    title = "evaluate every model (natural, FGSM from A, PGD)"
+    return Step("evaluate", title, run, work=work)
 
 
 # -------------------------------------------------------------------------------- report
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    return {"accuracy": results.get("evaluate", {}).get("accuracy", {})}
-
-
-def _curves_by_variant(
-    config: Config, rows: Mapping[str, Any], key: str
-) -> dict[str, list[float | None]]:
-    return {
-        variant: [rows.get(variant_name(variant, n), {}).get(key) for n in config.blocks]
-        for variant in config.variants
-    }
+# How the source drew each variant: A red, B blue; the "+" (fine-tuned) variants dashed.
+VARIANT_STYLES = {
+    "AnB": {"color": "tab:red", "linestyle": "-"},
+    "AnB+": {"color": "tab:red", "linestyle": "--"},
+    "BnB": {"color": "tab:blue", "linestyle": "-"},
+    "BnB+": {"color": "tab:blue", "linestyle": "--"},
+}
 
 
 def plot_against_n(
     config: Config, rows: Mapping[str, Any], keys: Sequence[tuple[str, str]], path: Path, title: str
 ) -> Path:
     """Accuracy vs n, one line per variant (and metric); base B as a horizontal line."""
-    import math
+    from robustlab.reporting.plots import Line, plot_lines
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 4.8))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    styles = {
-        "AnB": ("tab:red", "-"),
-        "AnB+": ("tab:red", "--"),
-        "BnB": ("tab:blue", "-"),
-        "BnB+": ("tab:blue", "--"),
-    }
-    markers = ["o", "s", "^"]
+    lines = []
     for k, (key, label) in enumerate(keys):
-        for variant, values in _curves_by_variant(config, rows, key).items():
-            colour, line = styles[variant]
-            ys = [math.nan if v is None else v for v in values]
-            ax.plot(
-                config.blocks,
-                ys,
-                color=colour,
-                linestyle=line,
-                marker=markers[k % 3],
-                label=f"{variant} {label}".strip(),
+        marker = ("o", "s", "^")[k % 3]
+        lines += [
+            Line(
+                [rows.get(variant_name(variant, n), {}).get(key) for n in config.blocks],
+                f"{variant} {label}".strip(),
+                x=config.blocks,
+                style={**VARIANT_STYLES[variant], "marker": marker},
             )
-        base = rows.get("base-B", {}).get(key)
-        if base is not None:
-            ax.axhline(
-                base,
-                color="0.4",
-                linestyle=(":", "-.", "--")[k % 3],
-                linewidth=1,
-                label=f"base B {label}".strip(),
-            )
-    ax.set_xlabel("n (blocks copied from the base)")
-    ax.set_ylabel("accuracy")
-    ax.set_xticks(config.blocks)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=8, ncol=2)
-    ax.set_title(title, fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
-
-
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
-
-    total = count_blocks(config.arch)
-    evaluation = results.get("evaluate", {})
-    rows = evaluation.get("accuracy", {})
-    figures_dir = run_dir / "evaluate"
-    figures = []
-    if rows:
-        plot_against_n(
-            config,
-            rows,
-            [("natural", "")],
-            figures_dir / "transfer_performance.png",
-            "Transfer performance: natural test accuracy vs n",
-        )
-        plot_against_n(
-            config,
-            rows,
-            [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")],
-            figures_dir / "adversarial_robustness.png",
-            f"Adversarial robustness vs n (ε = {config.eps:g})",
-        )
-        figures = [
-            Figure(
-                "evaluate/transfer_performance.png",
-                "The source's first plot: transfer performance against n",
-            ),
-            Figure(
-                "evaluate/adversarial_robustness.png",
-                "The source's second plot: adversarial accuracy against n",
-            ),
+            for variant in config.variants
         ]
-    table_rows = []
+        base_b = rows.get("base-B", {}).get(key)
+        if base_b is not None:
+            style = {"color": "0.4", "linestyle": (":", "-.", "--")[k % 3]}
+            lines.append(Line([base_b], f"base B {label}".strip(), style=style))
+    xlabel = "n (blocks copied from the base)"
+    return plot_lines(lines, path, title=title, xlabel=xlabel, xticks=config.blocks)
+
+
+def _plot_figures(config: Config, accuracies: Mapping[str, Any], run_dir: Path) -> list[Any]:
+    """The source's two plots: natural, then adversarial accuracy against n."""
+    from robustlab.reporting import Figure
+
+    adversarial = [("fgsm_from_A", "FGSM from A"), ("pgd_white_box", "PGD white-box")]
+    plots = [
+        (
+            "transfer_performance",
+            [("natural", "")],
+            "Transfer performance: natural test accuracy vs n",
+            "The source's first plot: transfer performance against n",
+        ),
+        (
+            "adversarial_robustness",
+            adversarial,
+            f"Adversarial robustness vs n (ε = {config.eps:g})",
+            "The source's second plot: adversarial accuracy against n",
+        ),
+    ]
+    figures = []
+    for stem, keys, title, caption in plots:
+        plot_against_n(config, accuracies, keys, run_dir / "evaluate" / f"{stem}.png", title)
+        figures.append(Figure(f"evaluate/{stem}.png", caption))
+    return figures
+
+
+def _accuracy_table(config: Config, results: StepResults) -> Any:
+    """Per model: epochs and val accuracy of its training, then its test accuracies."""
+    from robustlab.reporting import Table
+
+    accuracies = results.get("evaluate", {}).get("accuracy", {})
+    rows = []
     for name in config.models():
         train = results.get(common.train_step_name(name), {})
-        row = rows.get(name, {})
-        table_rows.append(
-            [
-                name,
-                train.get("epochs_run"),
-                train.get("val_accuracy"),
-                row.get("natural"),
-                row.get("fgsm_from_A"),
-                row.get("pgd_white_box"),
-            ]
+        tested = accuracies.get(name, {})
+        rows.append(
+            [name, train.get("epochs_run"), train.get("val_accuracy")]
+            + [tested.get(key) for key in ("natural", "fgsm_from_A", "pgd_white_box")]
         )
+    header = ["model", "epochs", "val acc", "natural acc", "FGSM from A", "PGD white-box"]
+    return Table(header, rows, f"Test accuracy of every model (ε = {config.eps:g})")
+
+
+def _overview(config: Config, results: StepResults) -> list[str]:
+    """The source's design, what differs here and why, as paragraphs."""
+    total = count_blocks(config.arch)
+    evaluation = results.get("evaluate", {})
     data = results.get("data", {})
     sizes = data.get("sizes", {})
     text = [
@@ -428,23 +382,53 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
         f"images, attacks on {evaluation.get('n', '?')} test images, ε = {config.eps:g}.",
         *config.notes,
     ]
-    sections = [
-        Section(
+    return text
+
+
+class LayerTransferStudy(Study[Config]):
+    """The study ``layer-transfer`` (``presets/layer-transfer.yaml``)."""
+
+    kind = "layer-transfer"
+    config_type = Config
+
+    def check(self, config: Config) -> None:
+        total = count_blocks(config.arch)
+        if max(config.blocks) > total:
+            raise UserError(
+                f"blocks: {config.arch} has {total} blocks, got n = {max(config.blocks)}"
+            )
+
+    def steps(self, config: Config) -> list[Step]:
+        total = count_blocks(config.arch)
+        out = [common.data_step(config.data)]
+        for name in config.models():
+            variant, n = ("scratch", 0) if name == "base-B" else _parse(name)
+            out.append(_train_step(config, name, n, variant, _train_work(config, variant, n)))
+        n_test = common.test_size(config.data, config.eval_limit)
+        image = common.pixel_scale(config.data.image_size)
+        kind = f"attack {config.arch}"
+        out.append(_craft_step(config, total, Work(kind, 2 * n_test * image)))
+        pgd_steps = config.pgd.build(eps=config.eps).settings().get("steps", 1)
+        per_model = (3 + pgd_steps) * n_test * image  # scoring x 3, then PGD
+        out.append(_evaluate_step(config, Work(kind, per_model * len(config.models()))))
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        return {"accuracy": results.get("evaluate", {}).get("accuracy", {})}
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import ReportSpec, Section
+
+        accuracies = results.get("evaluate", {}).get("accuracy", {})
+        section = Section(
             id="overview",
             title="What this study does",
-            text="\n\n".join(text),
-            tables=[
-                Table(
-                    ["model", "epochs", "val acc", "natural acc", "FGSM from A", "PGD white-box"],
-                    table_rows,
-                    f"Test accuracy of every model (ε = {config.eps:g})",
-                )
-            ],
-            figures=figures,
+            text="\n\n".join(_overview(config, results)),
+            tables=[_accuracy_table(config, results)],
+            figures=_plot_figures(config, accuracies, run_dir) if accuracies else [],
         )
-    ]
-    return ReportSpec(
-        title=config.title or "Layer-transfer study: AnB / AnB+ / BnB / BnB+",
-        subtitle=f"{config.arch}, B = {config.data.name}",
-        sections=sections,
-    )
+        return ReportSpec(
+            title=config.title or "Layer-transfer study: AnB / AnB+ / BnB / BnB+",
+            subtitle=f"{config.arch}, B = {config.data.name}",
+            sections=[section],
+        )

@@ -26,9 +26,9 @@ the source.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -43,7 +43,11 @@ from robustlab.studies.config import (
     StudyConfig,
     TransferConfig,
 )
+from robustlab.studies.protocol import StepResults, Study
 from robustlab.studies.runner import Step, StepContext
+
+if TYPE_CHECKING:
+    from robustlab.reporting import ReportSpec, Section
 
 # The source's figures (MobileNetV2 surrogate, InceptionV3 target, 812 test images, T = 1).
 SOURCE_ACCURACY = {
@@ -83,31 +87,6 @@ class Config(StudyConfig):
     transfer: TransferConfig | None = None
     shape_eps: float = Field(default=0.03, ge=0.0, le=1.0)  # where the source's shape is checked
 
-    def check(self) -> None:
-        """Cross-references between sections: every named model exists."""
-        names = [model.name for model in self.effective_models()]
-        if len(set(names)) != len(names):
-            raise UserError(f"model names must be unique, got {', '.join(names)}")
-        refs = [("surrogate", self.effective_surrogate()), ("target", self.effective_target())]
-        for i, curves in enumerate(self.curves):
-            refs += [(f"curves[{i}].target", curves.target)] if curves.target else []
-            refs += [(f"curves[{i}].surrogates", name) for name in curves.surrogates or []]
-        if self.transfer and self.transfer.models:
-            refs += [("transfer.models", name) for name in self.transfer.models]
-        for where, name in refs:
-            if name not in names:
-                raise UserError(f"{where}: {unknown_name('model', name, names)}")
-        if self.online:
-            import timm
-
-            if not timm.is_model(self.online_backbone):
-                raise UserError(
-                    f"online_backbone: {unknown_name('architecture', self.online_backbone, timm.list_models())}"
-                )
-        names_used = [c.name for c in self.curves]
-        if len(set(names_used)) != len(names_used):
-            raise UserError(f"curves names must be unique, got {', '.join(names_used)}")
-
     def effective_models(self) -> list[ModelConfig]:
         """The models trained: offline as configured; online with the source's backbones."""
         if not self.online:
@@ -138,64 +117,14 @@ class Config(StudyConfig):
 # -------------------------------------------------------------------------------- steps
 
 
-def steps(config: Config) -> list[Step]:
-    models = config.effective_models()
-    target = config.effective_target()
-    n_test = max(1, round(common.estimated_size(config.data) * config.data.split[2]))
-    per_image = _gradient_cost(config)
-    out = [common.data_step(config.data)]
-    out += [
-        common.train_step(m, config.data, common.train_estimate(m, config.data)) for m in models
-    ]
-    for curves in config.resolved_curves():
-        out.append(
-            common.curves_step(
-                curves,
-                config.data,
-                curves.target or target,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.curves_estimate(curves, n_test, per_image),
-            )
-        )
-    out.append(
-        Step(
-            "shape-check",
-            "check the source's result shape",
-            lambda ctx: shape_check(config, ctx.results),
-            0.1,
-        )
-    )
-    out.append(_example_step(config, target))
-    if config.transfer is not None:
-        names = config.transfer.models or [m.name for m in models]
-        out.append(
-            common.transfer_step(
-                config.transfer,
-                config.data,
-                names,
-                batch_size=config.eval_batch_size,
-                expected_seconds=common.transfer_estimate(len(names), n_test, per_image),
-            )
-        )
-    return out
-
-
-def _gradient_cost(config: Config) -> float:
-    """Seconds per image for one forward + input-gradient pass (2 cores, rough)."""
-    side = config.data.image_size or 96
-    return 4e-3 * (side / 96) ** 2
-
-
-def _example_step(config: Config, target: str) -> Step:
+def _example_step(config: Config, target_model: str) -> Step:
     """The source's triptych (original | perturbation | adversarial) and prediction vectors."""
 
     def run(ctx: StepContext) -> dict[str, Any]:
         import torch
 
-        from robustlab.reporting import plots
-
         test = common.splits_for(ctx, config.data).test
-        model = common.load_model(ctx, target)
+        model = common.load_model(ctx, target_model)
         indices = [i for i in config.example.indices if i < len(test)]
         if not indices:
             raise UserError(
@@ -205,40 +134,20 @@ def _example_step(config: Config, target: str) -> Step:
         x_adv = config.example.attack.build(eps=config.example.eps)(model, x, y)
         with torch.no_grad():
             before, after = model(x).softmax(1), model(x_adv).softmax(1)
-        classes = test.classes
-        figures = []
-        for row, index in enumerate(indices):
-            stem = f"image{index:04d}"
-            plots.plot_triptych(
-                x[row].numpy(),
-                x_adv[row].numpy(),
-                ctx.dir / f"{stem}_triptych.png",
-                true_label=classes[int(y[row])],
-                clean_pred=classes[int(before[row].argmax())],
-                clean_conf=float(before[row].max()),
-                adv_pred=classes[int(after[row].argmax())],
-                adv_conf=float(after[row].max()),
-                eps=config.example.eps,
+        figures = [
+            _plot_example(
+                ctx.dir,
+                config.example.eps,
+                index,
+                test.classes,
+                int(y[row]),
+                (x[row], x_adv[row]),
+                (before[row], after[row]),
             )
-            plots.plot_prediction_vectors(
-                before[row].tolist(),
-                after[row].tolist(),
-                classes,
-                ctx.dir / f"{stem}_vector.png",
-                title=f"test image {index}: prediction vector before and after",
-            )
-            figures.append(
-                {
-                    "index": index,
-                    "true": classes[int(y[row])],
-                    "before": before[row].tolist(),
-                    "after": after[row].tolist(),
-                    "triptych": f"{stem}_triptych.png",
-                    "vector": f"{stem}_vector.png",
-                }
-            )
+            for row, index in enumerate(indices)
+        ]
         result = {
-            "target": target,
+            "target": target_model,
             "eps": config.example.eps,
             "attack": config.example.attack.name,
             "images": figures,
@@ -246,7 +155,49 @@ def _example_step(config: Config, target: str) -> Step:
         write_json(ctx.dir / "examples.json", result)
         return result
 
-    return Step("examples", f"example images on {target}", run, 3.0)
+    return Step("examples", f"example images on {target_model}", run, 3.0)
+
+
+def _plot_example(
+    folder: Path,
+    eps: float,
+    index: int,
+    classes: Sequence[str],
+    true_class: int,
+    images: tuple[Any, Any],
+    probabilities: tuple[Any, Any],
+) -> dict[str, Any]:
+    """The triptych and prediction-vector figures of one test image; its entry in the results."""
+    from robustlab.reporting import plots
+
+    (image, adversarial), (before, after) = images, probabilities
+    stem = f"image{index:04d}"
+    plots.plot_triptych(
+        image.numpy(),
+        adversarial.numpy(),
+        folder / f"{stem}_triptych.png",
+        true_label=classes[true_class],
+        clean_pred=classes[int(before.argmax())],
+        clean_conf=float(before.max()),
+        adv_pred=classes[int(after.argmax())],
+        adv_conf=float(after.max()),
+        eps=eps,
+    )
+    plots.plot_prediction_vectors(
+        before.tolist(),
+        after.tolist(),
+        classes,
+        folder / f"{stem}_vector.png",
+        title=f"test image {index}: prediction vector before and after",
+    )
+    return {
+        "index": index,
+        "true": classes[true_class],
+        "before": before.tolist(),
+        "after": after.tolist(),
+        "triptych": f"{stem}_triptych.png",
+        "vector": f"{stem}_vector.png",
+    }
 
 
 # -------------------------------------------------------------------------------- results
@@ -276,113 +227,7 @@ def shape_check(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    """What ``robustlab run leaf`` prints: each model's test accuracy and the shape check."""
-    accuracy = {
-        name.removeprefix("train-"): result.get("test_accuracy")
-        for name, result in results.items()
-        if name.startswith("train-")
-    }
-    return {"test_accuracy": accuracy, "shape": results.get("shape-check", {})}
-
-
 # -------------------------------------------------------------------------------- report
-
-
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
-
-    models = config.effective_models()
-    target = config.effective_target()
-    shape = results.get("shape-check", {})
-    data = results.get("data", {})
-    sections = [
-        Section(
-            id="overview",
-            title="What this study does",
-            text="\n\n".join(_overview(config, data)),
-            tables=[
-                common.models_table(results, models, "Accuracy of the trained models"),
-                _source_models_table(),
-            ],
-        )
-    ]
-    if shape:
-        holds = all(
-            shape[k]
-            for k in ("white_far_below_black", "black_below_noise", "noise_within_3pp_of_clean")
-        )
-        sections.append(
-            Section(
-                id="shape",
-                title="Does the source's result hold?",
-                text=(
-                    f"The source found, at ε = 0.03, white-box accuracy far below black-box accuracy, "
-                    f"black-box below random noise, and noise close to clean accuracy. Here, at "
-                    f"ε = {shape['eps']:g} on target '{target}' (surrogate '{config.effective_surrogate()}'): "
-                    + (
-                        "the shape holds."
-                        if holds
-                        else "the shape does NOT fully hold; see the table."
-                    )
-                ),
-                tables=[
-                    Table(
-                        ["", "clean", "white-box", "black-box", "noise"],
-                        [
-                            [
-                                "this run",
-                                shape["clean"],
-                                shape["white_box"],
-                                shape["black_box"],
-                                shape["noise"],
-                            ],
-                            [
-                                "source (InceptionV3 target)",
-                                SOURCE_ACCURACY["target"]["test"],
-                                *[SOURCE_CURVES[k][2] for k in ("white-box", "black-box", "noise")],
-                            ],
-                        ],
-                        f"Accuracy at ε = {shape['eps']:g}",
-                    ),
-                    Table(
-                        ["check", "holds"],
-                        [
-                            [
-                                "white-box at least 20 pp below black-box",
-                                shape["white_far_below_black"],
-                            ],
-                            ["black-box below noise", shape["black_below_noise"]],
-                            ["noise within 3 pp of clean", shape["noise_within_3pp_of_clean"]],
-                        ],
-                    ),
-                ],
-            )
-        )
-    for i, curves in enumerate(config.curves):
-        step = common.curves_step_name(curves)
-        if step in results:
-            intro = (
-                "The source's figure (iterative FGSM, squared-error loss, T = 1)." if i == 0 else ""
-            )
-            sections.append(
-                common.curves_section(
-                    run_dir, step, f"curves-{curves.name}", intro, curves.attack.display
-                )
-            )
-    if "examples" in results:
-        sections.append(_examples_section(results["examples"], Figure, Section))
-    if "transfer-matrix" in results:
-        sections.append(
-            common.transfer_section(
-                run_dir, "transfer", "Beyond the source: every trained model attacks every other."
-            )
-        )
-    return ReportSpec(
-        title=config.title or "Leaf study: transfer learning and adversarial attacks",
-        subtitle=f"target {target}, surrogate {config.effective_surrogate()}, data {config.data.name}",
-        sections=sections,
-    )
 
 
 def _overview(config: Config, data: Mapping[str, Any]) -> list[str]:
@@ -427,22 +272,176 @@ def _source_models_table() -> Any:
     )
 
 
-def _examples_section(result: Mapping[str, Any], figure_cls: Any, section_cls: Any) -> Any:
+def _examples_section(result: Mapping[str, Any]) -> Section:
+    from robustlab.reporting import Figure, Section
+
     figures = []
     for image in result["images"]:
+        caption = f"test image {image['index']} (true {image['true']})"
+        figures.append(Figure(f"examples/{image['triptych']}", caption))
         figures.append(
-            figure_cls(
-                f"examples/{image['triptych']}",
-                f"test image {image['index']} (true {image['true']})",
-            )
+            Figure(f"examples/{image['vector']}", "softmax before (blue) and after (green)")
         )
-        figures.append(
-            figure_cls(f"examples/{image['vector']}", "softmax before (blue) and after (green)")
-        )
-    return section_cls(
+    return Section(
         id="example",
         title="One image, as in the source",
         text=f"Iterative FGSM ({result['attack']}, the source's 5 steps and squared-error loss) at "
         f"ε = {result['eps']:g} on '{result['target']}'. The perturbation is amplified to be visible.",
         figures=figures,
     )
+
+
+def _overview_section(config: Config, results: StepResults) -> Section:
+    from robustlab.reporting import Section
+
+    models = config.effective_models()
+    return Section(
+        id="overview",
+        title="What this study does",
+        text="\n\n".join(_overview(config, results.get("data", {}))),
+        tables=[
+            common.models_table(results, models, "Accuracy of the trained models"),
+            _source_models_table(),
+        ],
+    )
+
+
+SHAPE_CHECKS = {
+    "white_far_below_black": "white-box at least 20 pp below black-box",
+    "black_below_noise": "black-box below noise",
+    "noise_within_3pp_of_clean": "noise within 3 pp of clean",
+}
+
+
+def _shape_section(config: Config, shape: Mapping[str, Any]) -> Section:
+    """Whether the source's result shape holds here, beside the source's own figures."""
+    from robustlab.reporting import Section, Table
+
+    holds = all(shape[key] for key in SHAPE_CHECKS)
+    verdict = "the shape holds." if holds else "the shape does NOT fully hold; see the table."
+    text = (
+        "The source found, at ε = 0.03, white-box accuracy far below black-box accuracy, "
+        "black-box below random noise, and noise close to clean accuracy. Here, at "
+        f"ε = {shape['eps']:g} on target '{config.effective_target()}' "
+        f"(surrogate '{config.effective_surrogate()}'): {verdict}"
+    )
+    kinds = ("white-box", "black-box", "noise")
+    accuracies = Table(
+        ["", "clean", "white-box", "black-box", "noise"],
+        [
+            ["this run", shape["clean"], shape["white_box"], shape["black_box"], shape["noise"]],
+            [
+                "source (InceptionV3 target)",
+                SOURCE_ACCURACY["target"]["test"],
+                *[SOURCE_CURVES[kind][2] for kind in kinds],
+            ],
+        ],
+        f"Accuracy at ε = {shape['eps']:g}",
+    )
+    checks = Table(["check", "holds"], [[label, shape[key]] for key, label in SHAPE_CHECKS.items()])
+    return Section(
+        id="shape", title="Does the source's result hold?", text=text, tables=[accuracies, checks]
+    )
+
+
+def _curves_sections(config: Config, results: StepResults, run_dir: Path) -> list[Section]:
+    """One section per finished curves step; the first is the source's figure."""
+    sections = []
+    for i, curves in enumerate(config.curves):
+        step = common.curves_step_name(curves)
+        if step in results:
+            intro = (
+                "The source's figure (iterative FGSM, squared-error loss, T = 1)." if i == 0 else ""
+            )
+            section_id = f"curves-{curves.name}"
+            label = curves.attack.display
+            sections.append(common.curves_section(run_dir, step, section_id, intro, label))
+    return sections
+
+
+class LeafStudy(Study[Config]):
+    """The study ``leaf`` (``presets/leaf.yaml``)."""
+
+    kind = "leaf"
+    config_type = Config
+
+    def check(self, config: Config) -> None:
+        """Cross-references between sections: every named model exists."""
+        names = [model.name for model in config.effective_models()]
+        if len(set(names)) != len(names):
+            raise UserError(f"model names must be unique, got {', '.join(names)}")
+        refs = [("surrogate", config.effective_surrogate()), ("target", config.effective_target())]
+        for i, curves in enumerate(config.curves):
+            refs += [(f"curves[{i}].target", curves.target)] if curves.target else []
+            refs += [(f"curves[{i}].surrogates", name) for name in curves.surrogates or []]
+        if config.transfer and config.transfer.models:
+            refs += [("transfer.models", name) for name in config.transfer.models]
+        for where, name in refs:
+            if name not in names:
+                raise UserError(f"{where}: {unknown_name('model', name, names)}")
+        if config.online:
+            import timm
+
+            if not timm.is_model(config.online_backbone):
+                raise UserError(
+                    f"online_backbone: {unknown_name('architecture', config.online_backbone, timm.list_models())}"
+                )
+        names_used = [c.name for c in config.curves]
+        if len(set(names_used)) != len(names_used):
+            raise UserError(f"curves names must be unique, got {', '.join(names_used)}")
+
+    def steps(self, config: Config) -> list[Step]:
+        models = {model.name: model for model in config.effective_models()}
+        target_model = config.effective_target()
+        out = [common.data_step(config.data)]
+        out += [common.train_step(model, config.data) for model in models.values()]
+        for curves in config.resolved_curves():
+            attacked = curves.target or target_model
+            work = common.curves_work(curves, config.data, models[attacked])
+            out.append(
+                common.curves_step(
+                    curves, config.data, attacked, batch_size=config.eval_batch_size, work=work
+                )
+            )
+        out.append(
+            Step(
+                "shape-check",
+                "check the source's result shape",
+                lambda ctx: shape_check(config, ctx.results),
+                0.1,
+            )
+        )
+        out.append(_example_step(config, target_model))
+        out += common.transfer_steps(
+            config.transfer, config.data, models, batch_size=config.eval_batch_size
+        )
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        """What ``robustlab run leaf`` prints: each model's test accuracy and the shape check."""
+        accuracy = {
+            name.removeprefix("train-"): result.get("test_accuracy")
+            for name, result in results.items()
+            if name.startswith("train-")
+        }
+        return {"test_accuracy": accuracy, "shape": results.get("shape-check", {})}
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import ReportSpec
+
+        sections = [_overview_section(config, results)]
+        if results.get("shape-check"):
+            sections.append(_shape_section(config, results["shape-check"]))
+        sections += _curves_sections(config, results, run_dir)
+        if "examples" in results:
+            sections.append(_examples_section(results["examples"]))
+        if "transfer-matrix" in results:
+            intro = "Beyond the source: every trained model attacks every other."
+            sections.append(common.transfer_section(run_dir, "transfer", intro))
+        surrogate = config.effective_surrogate()
+        return ReportSpec(
+            title=config.title or "Leaf study: transfer learning and adversarial attacks",
+            subtitle=f"target {config.effective_target()}, surrogate {surrogate}, "
+            f"data {config.data.name}",
+            sections=sections,
+        )

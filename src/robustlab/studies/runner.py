@@ -64,14 +64,69 @@ StepFunction = Callable[[StepContext], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
+class Work:
+    """What a step computes, in units that cost alike across the steps of one ``kind``.
+
+    ``kind`` is ``"<what> <architecture>"``: ``train`` counts image passes (forward + backward)
+    and ``attack`` input-gradient passes per image, both scaled to 96x96 pixels. The runner
+    times each finished step and estimates the next ones of the same kind from that rate.
+    """
+
+    kind: str
+    units: float
+
+    @property
+    def what(self) -> str:
+        return self.kind.split(" ", 1)[0]
+
+
+# Seconds per unit (2 CPU cores) for a kind of work before any step of it has been timed in
+# this run directory; once one has, its measured rate replaces these.
+PRIOR_SECONDS_PER_UNIT = {"train": 6e-3, "attack": 4e-3}
+
+
+@dataclass(frozen=True)
 class Step:
-    """One unit of a study. ``run`` returns a JSON-able result; ``expected_seconds`` feeds the ETA."""
+    """One unit of a study. ``run`` returns a JSON-able result; ``work`` feeds the ETA."""
 
     name: str  # unique; also the folder name
     title: str  # shown in progress lines, e.g. "train finetune"
     run: StepFunction
-    expected_seconds: float = 5.0
+    expected_seconds: float = 5.0  # the estimate of a step without ``work`` (loading, report)
     record: bool = True  # False: no done-marker, runs every time (e.g. the report)
+    work: Work | None = None
+
+
+class CostModel:
+    """Seconds per unit of work by kind, measured on the finished steps of a run directory."""
+
+    def __init__(self) -> None:
+        self.measured: dict[str, tuple[float, float]] = {}  # kind -> (seconds, units) so far
+        self.expected_done = self.actual_done = 0.0  # guessed vs taken, steps without a rate
+
+    def add(self, work: Mapping[str, Any] | None, seconds: float, guessed: float | None) -> None:
+        """Record a finished step: its work (as recorded) and how long it took."""
+        if work is not None and work["units"] > 0:
+            done, units = self.measured.get(work["kind"], (0.0, 0.0))
+            self.measured[work["kind"]] = (done + seconds, units + work["units"])
+        if guessed is not None:  # calibrates the guesses for kinds not measured yet
+            self.expected_done += guessed
+            self.actual_done += seconds
+
+    def estimate(self, step: Step) -> float:
+        """Seconds ``step`` should take: measured rate x units, else a calibrated guess."""
+        if step.work is not None and step.work.kind in self.measured:
+            seconds, units = self.measured[step.work.kind]
+            return step.work.units * seconds / units
+        return self.guess(step) * (
+            self.actual_done / self.expected_done if self.expected_done > 0 else 1.0
+        )
+
+    @staticmethod
+    def guess(step: Step) -> float:
+        if step.work is None or step.work.what not in PRIOR_SECONDS_PER_UNIT:
+            return step.expected_seconds
+        return step.work.units * PRIOR_SECONDS_PER_UNIT[step.work.what]
 
 
 StepObserver = Callable[[str, Step, int, int], None]  # (event "start"|"done"|"skip", step, i, n)
@@ -169,6 +224,46 @@ def load_done(run_dir: Path, step: str) -> dict[str, Any] | None:
     return marker
 
 
+def _marker(result: dict[str, Any], seconds: float, work: Work | None) -> dict[str, Any]:
+    """A step's done-marker: its result, time, memory so far and work (for later estimates)."""
+    marker = {
+        "result": result,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    if work is not None:
+        marker["work"] = {"kind": work.kind, "units": work.units}
+    return marker
+
+
+def _context(
+    run_dir: Path,
+    step: Step,
+    seed: int,
+    results: Mapping[str, Any],
+    timings: Mapping[str, Any],
+    data_dir: str | Path | None,
+    progress: bool,
+    cache: dict[str, Any],
+) -> StepContext:
+    """The context of ``step``: its folder made, the global RNGs seeded for it."""
+    step_dir = run_dir / step.name if step.record else run_dir
+    step_dir.mkdir(parents=True, exist_ok=True)
+    this_seed = step_seed(seed, step.name)
+    _seed_everything(this_seed)
+    return StepContext(
+        run_dir=run_dir,
+        dir=step_dir,
+        step=step.name,
+        results=dict(results),
+        seed=this_seed,
+        timings=dict(timings),
+        data_dir=Path(data_dir) if data_dir is not None else None,
+        progress=progress,
+        cache=cache,
+    )
+
+
 def run_steps(
     run_dir: str | Path,
     steps: Sequence[Step],
@@ -191,53 +286,35 @@ def run_steps(
     results: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     cache: dict[str, Any] = {}
-    expected_done = actual_done = 0.0  # this session's steps, to calibrate the estimate
+    costs = CostModel()
     total = len(steps)
     for index, step in enumerate(steps, start=1):
         marker = load_done(run_dir, step.name) if step.record else None
         if marker is not None:
             results[step.name] = marker["result"]
             timings[step.name] = {k: v for k, v in marker.items() if k != "result"}
+            costs.add(marker.get("work"), marker.get("seconds", 0.0), None)
             log.info("[%d/%d] %s: done (recorded)", index, total, step.title)
             if observer:
                 observer("skip", step, index, total)
             continue
-        speed = actual_done / expected_done if expected_done > 0 else 1.0
-        left = speed * sum(s.expected_seconds for s in steps[index - 1 :] if s.name not in results)
+        left = sum(costs.estimate(s) for s in steps[index - 1 :] if s.name not in results)
         log.info("[%d/%d] %s ... (about %s left)", index, total, step.title, format_seconds(left))
         if observer:
             observer("start", step, index, total)
-        step_dir = run_dir / step.name if step.record else run_dir
-        step_dir.mkdir(parents=True, exist_ok=True)
-        this_seed = step_seed(seed, step.name)
-        _seed_everything(this_seed)
-        context = StepContext(
-            run_dir=run_dir,
-            dir=step_dir,
-            step=step.name,
-            results=dict(results),
-            seed=this_seed,
-            timings=dict(timings),
-            data_dir=Path(data_dir) if data_dir is not None else None,
-            progress=progress,
-            cache=cache,
-        )
+        context = _context(run_dir, step, seed, results, timings, data_dir, progress, cache)
+        guessed = None if step.work and step.work.kind in costs.measured else costs.guess(step)
         start = time.perf_counter()
         result = dict(step.run(context))
         seconds = time.perf_counter() - start
-        marker = {
-            "result": result,
-            "seconds": round(seconds, 3),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-        }
+        marker = _marker(result, seconds, step.work)
         if step.record:
-            write_json(step_dir / DONE, marker)
+            write_json(context.dir / DONE, marker)
             # Read back, so a fresh run and a resumed one pass identical (JSON) values on.
-            result = read_json(step_dir / DONE)["result"]
+            result = read_json(context.dir / DONE)["result"]
         results[step.name] = result
         timings[step.name] = {k: v for k, v in marker.items() if k != "result"}
-        expected_done += step.expected_seconds
-        actual_done += seconds
+        costs.add(marker.get("work"), seconds, guessed)
         log.info("[%d/%d] %s: done in %s", index, total, step.title, format_seconds(seconds))
         if observer:
             observer("done", step, index, total)

@@ -5,18 +5,16 @@ against the registries) -> ``resolve_data`` (falls back to the config's ``fallba
 logged line when the data set cannot be found or downloaded) -> ``run_study`` (the study's
 steps through the resumable runner, then ``results.json`` and ``report.html``).
 
-A study module (``robustlab.studies.<name>``) provides ``Config`` (a ``StudyConfig``
-subclass), ``steps(config) -> list[Step]`` and ``report(config, results, run_dir) -> ReportSpec``.
+A study is a ``robustlab.studies.protocol.Study`` (config type, check, steps, summary, report),
+registered by name in ``robustlab.studies.registry.STUDIES``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel
@@ -36,6 +34,8 @@ from robustlab.studies.config import (
     to_plain,
     validate,
 )
+from robustlab.studies.protocol import Study
+from robustlab.studies.registry import STUDIES, get_study
 from robustlab.studies.runner import (
     RESULTS,
     Step,
@@ -49,12 +49,6 @@ from robustlab.studies.runner import (
 log = logging.getLogger(__name__)
 
 PRESETS_DIR = Path(__file__).with_name("presets")
-STUDY_MODULES = {
-    "leaf": "robustlab.studies.leaf",
-    "layer-transfer": "robustlab.studies.layer_transfer",
-    "targeted-face": "robustlab.studies.targeted_face",
-    "adversarial-regularisation": "robustlab.studies.adversarial_regularisation",
-}
 ALIASES = {"demo": "leaf"}
 RESULTS_FORMAT = "robustlab-study-results"
 
@@ -66,7 +60,7 @@ class LoadedStudy:
     name: str
     source: str  # the file it came from, for error messages
     config: StudyConfig
-    module: ModuleType = dataclasses.field(repr=False)
+    definition: Study[Any] = dataclasses.field(repr=False)  # what the config is a study of
     argument: str = ""  # what the user named: a preset or a path
 
     def with_config(self, config: StudyConfig) -> LoadedStudy:
@@ -79,12 +73,6 @@ def list_presets() -> dict[str, str]:
     for path in sorted(PRESETS_DIR.glob("*.yaml")):
         presets[path.stem] = str(read_yaml(path).get("title", ""))
     return presets
-
-
-def study_module(kind: str, source: str = "study") -> ModuleType:
-    if kind not in STUDY_MODULES:
-        raise UserError(f"{source}: {unknown_name('study', kind, STUDY_MODULES)}")
-    return importlib.import_module(STUDY_MODULES[kind])
 
 
 def locate(study: str) -> tuple[str, Path]:
@@ -111,11 +99,17 @@ def load_study(study: str, overrides: Sequence[str] = ()) -> LoadedStudy:
     values = apply_overrides(read_yaml(path), overrides)
     kind = values.get("study")
     if not isinstance(kind, str):
-        raise UserError(f"{source}: missing key 'study' (one of: {', '.join(STUDY_MODULES)})")
-    module = study_module(kind, source)
-    config = validate(module.Config, values, source)
+        raise UserError(f"{source}: missing key 'study' (one of: {', '.join(STUDIES)})")
+    definition = get_study(kind, source)
+    config = validate(definition.config_type, values, source)
     check_names(config, source)
-    return LoadedStudy(name=name, source=source, config=config, module=module, argument=study)
+    try:
+        definition.check(config)
+    except UserError as error:
+        raise UserError(f"{source}: {error}") from None
+    return LoadedStudy(
+        name=name, source=source, config=config, definition=definition, argument=study
+    )
 
 
 def iter_blocks(value: Any, loc: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
@@ -148,12 +142,6 @@ def check_names(config: StudyConfig, source: str) -> None:
             raise UserError(f"{source}: {where}: {error}") from None
     _check_models_take_the_data(config, source)
     _warn_where_results_mean_little(config, source)
-    checker = getattr(type(config), "check", None)
-    if callable(checker):
-        try:
-            config.check()  # type: ignore[attr-defined]
-        except UserError as error:
-            raise UserError(f"{source}: {error}") from None
 
 
 def _check_models_take_the_data(config: StudyConfig, source: str) -> None:
@@ -178,12 +166,17 @@ def _check_models_take_the_data(config: StudyConfig, source: str) -> None:
 
 def _warn_where_results_mean_little(config: StudyConfig, source: str) -> None:
     """A surrogate that is its own target makes the 'black-box' curve a white-box one."""
-    target = getattr(config, "target", None)
-    pairs = [("surrogate", getattr(config, "surrogate", None), target)]
+    target_model = getattr(config, "target", None)
+    pairs = [("surrogate", getattr(config, "surrogate", None), target_model)]
     pairs += [
-        (f"{format_loc(loc)}.surrogates", block.target or target, block.target or target)
+        (
+            f"{format_loc(loc)}.surrogates",
+            block.target or target_model,
+            block.target or target_model,
+        )
         for loc, block in iter_blocks(config)
-        if isinstance(block, CurvesConfig) and (block.target or target) in (block.surrogates or [])
+        if isinstance(block, CurvesConfig)
+        and (block.target or target_model) in (block.surrogates or [])
     ]
     for where, surrogate, attacked in pairs:
         if surrogate is not None and surrogate == attacked:
@@ -301,7 +294,7 @@ def run_study(
     config = study.config
     plain = to_plain(config)
     prepare_run_dir(out, plain, restart=restart)
-    steps: list[Step] = [*study.module.steps(config), _report_step(study)]
+    steps: list[Step] = [*study.definition.steps(config), _report_step(study)]
     outcome = run_steps(
         out, steps, seed=config.seed, data_dir=data_dir, progress=progress, observer=observer
     )
@@ -328,7 +321,7 @@ def _report_step(study: LoadedStudy) -> Step:
 
         results = _results(study, ctx.results, ctx.timings)
         write_json(ctx.run_dir / RESULTS, results)
-        spec = study.module.report(study.config, results["steps"], ctx.run_dir)
+        spec = study.definition.report(study.config, results["steps"], ctx.run_dir)
         spec.sections.append(run_section(study, results))
         path = render_report(ctx.run_dir, spec)
         return {"report": path.name}

@@ -15,15 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
 from robustlab.errors import UserError
-from robustlab.io import atomic_path, write_json
+from robustlab.io import write_json
 from robustlab.studies import common
 from robustlab.studies.config import AttackConfig, ModelConfig, Strict, StudyConfig
-from robustlab.studies.runner import Step, StepContext
+from robustlab.studies.protocol import StepResults, Study
+from robustlab.studies.runner import Step, StepContext, Work
+
+if TYPE_CHECKING:
+    from robustlab.reporting import ReportSpec, Section
 
 # The source's scores (logits) of its one face: man, woman.
 SOURCE_SCORES = {
@@ -58,29 +62,6 @@ class Config(StudyConfig):
     )  # one face, in turn
     sweep: SweepConfig | None = None
 
-    def check(self) -> None:
-        if self.attack.name != "filter":
-            raise UserError(
-                f"attack: this study learns a filter; use name 'filter', got '{self.attack.name}'"
-            )
-        if "beta" in self.attack.settings:
-            raise UserError("attack.settings.beta: set the betas with 'betas' and 'sweep.betas'")
-        settings = self.attack.build().settings()
-        # Plain gradient descent on beta * P(delta) shrinks delta by (1 - lr * beta * c) per step,
-        # c = 1 for 'l2_loss' (sum/2) and 2 for 'squared': it diverges once that leaves (-1, 1).
-        c = 1.0 if settings["penalty"] == "l2_loss" else 2.0
-        limit = 2.0 / (settings["lr"] * c)
-        for field, betas in (
-            ("betas", self.betas),
-            ("sweep.betas", self.sweep.betas if self.sweep else []),
-        ):
-            for beta in betas:
-                if beta >= limit:
-                    raise UserError(
-                        f"{field}: beta {beta:g} with lr {settings['lr']:g} and penalty "
-                        f"'{settings['penalty']}' makes gradient descent diverge; use beta < {limit:g}"
-                    )
-
 
 def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
     """A class given by index or name -> its index (UserError naming ``field`` otherwise)."""
@@ -100,50 +81,23 @@ def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
 # -------------------------------------------------------------------------------- steps
 
 
-def steps(config: Config) -> list[Step]:
-    out = [common.data_step(config.data)]
-    out.append(
-        common.train_step(
-            config.model, config.data, common.train_estimate(config.model, config.data) / 4
-        )
-    )
-    iterations = int(config.attack.settings.get("iterations", 1000))
-    out.append(
-        Step(
-            "one-face",
-            "filter attack on one face",
-            _one_face(config),
-            1 + 2e-3 * iterations * len(config.betas),
-        )
-    )
-    if config.sweep is not None:
-        s = config.sweep
-        expected = 2 + 1e-4 * s.iterations * len(s.betas) * (s.limit or 300)
-        out.append(
-            Step(
-                "beta-sweep", f"beta sweep over {s.limit or 'all'} faces", _sweep(config), expected
-            )
-        )
-    return out
-
-
 def _filter(config: Config, **settings: Any) -> Any:
-    """The configured filter attack with some settings replaced."""
-    from robustlab.attacks import get_attack
-
-    return get_attack("filter", **{**config.attack.settings, **settings})
+    """The configured filter attack, built by its ``AttackConfig``, with some settings replaced."""
+    replaced = {**config.attack.settings, **settings}
+    return config.attack.model_copy(update={"settings": replaced}).build()
 
 
 def _classes(ctx: StepContext, config: Config) -> tuple[Any, int, int]:
+    """The splits, and the indices of the source and target classes."""
     splits = common.splits_for(ctx, config.data)
-    source = class_index(splits.classes, config.source_class, "source_class")
-    target = class_index(splits.classes, config.target_class, "target_class")
-    if source == target:
+    source_class = class_index(splits.classes, config.source_class, "source_class")
+    target_class = class_index(splits.classes, config.target_class, "target_class")
+    if source_class == target_class:
         raise UserError("source_class and target_class must differ")
-    return splits, source, target
+    return splits, source_class, target_class
 
 
-def _correct_source_faces(ctx: StepContext, config: Config, source: int) -> Any:
+def _correct_source_faces(ctx: StepContext, config: Config, source_class: int) -> Any:
     """Test indices of faces of the source class that the model classifies correctly."""
     import torch
 
@@ -152,7 +106,19 @@ def _correct_source_faces(ctx: StepContext, config: Config, source: int) -> Any:
     test = common.splits_for(ctx, config.data).test
     model = common.load_model(ctx, config.model.name)
     pred = predict_logits(model, test.images, config.eval_batch_size).argmax(1)
-    return torch.nonzero((test.labels == source) & (pred == source)).flatten()
+    return torch.nonzero((test.labels == source_class) & (pred == source_class)).flatten()
+
+
+def _chosen_face(ctx: StepContext, config: Config, source_class: int, n_test: int) -> int:
+    """The configured test face, else the first source face the model classifies correctly."""
+    if config.face is not None:
+        if config.face >= n_test:
+            raise UserError(f"face: index {config.face} past the {n_test} test images")
+        return config.face
+    candidates = _correct_source_faces(ctx, config, source_class)
+    if len(candidates) == 0:
+        raise UserError("no test face of the source class is classified correctly")
+    return int(candidates[0])
 
 
 def _one_face(config: Config) -> Any:
@@ -161,55 +127,32 @@ def _one_face(config: Config) -> Any:
 
         from robustlab.reporting import plots
 
-        splits, source, target = _classes(ctx, config)
-        test = splits.test
+        splits, source_class, target_class = _classes(ctx, config)
+        index = _chosen_face(ctx, config, source_class, len(splits.test))
+        x, y = splits.test.images[index : index + 1], splits.test.labels[index : index + 1]
         model = common.load_model(ctx, config.model.name)
-        if config.face is None:
-            candidates = _correct_source_faces(ctx, config, source)
-            if len(candidates) == 0:
-                raise UserError("no test face of the source class is classified correctly")
-            index = int(candidates[0])
-        else:
-            if config.face >= len(test):
-                raise UserError(f"face: index {config.face} past the {len(test)} test images")
-            index = config.face
-        x, y = test.images[index : index + 1], test.labels[index : index + 1]
-        goal = torch.tensor([target])
         with torch.no_grad():
             scores = [("original", model(x)[0].tolist(), 0.0)]
         images = [x[0]]
         delta = None
         for beta in config.betas:
             # Each beta continues from the previous filter, as the source did.
-            attack = _filter(config, beta=beta)
-            result = attack.optimise(model, x, y, goal, init=delta)
+            result = _filter(config, beta=beta).optimise(
+                model, x, y, torch.tensor([target_class]), init=delta
+            )
             delta = result.delta
             scores.append((f"beta = {beta:g}", result.logits[0].tolist(), float(result.l2[0])))
             images.append(result.x_adv[0])
-            plots.plot_filter(
-                delta[0].numpy(),
-                ctx.dir / f"filter_beta{beta:g}.png",
-                title=f"learned filter, β = {beta:g}",
-            )
+            title = f"learned filter, β = {beta:g}"
+            plots.plot_filter(delta[0].numpy(), ctx.dir / f"filter_beta{beta:g}.png", title=title)
         classes = list(splits.classes)
-        titles = [
-            f"{name}\npredicted {classes[max(range(len(logits)), key=logits.__getitem__)]}"
-            for name, logits, _ in scores
-        ]
-        plot_faces([img.numpy() for img in images], titles, ctx.dir / "faces.png")
-        rows = [
-            {
-                "image": name,
-                "scores": dict(zip(classes, logits, strict=True)),
-                "predicted": classes[max(range(len(logits)), key=logits.__getitem__)],
-                "l2": l2,
-            }
-            for name, logits, l2 in scores
-        ]
+        rows = [_score_row(classes, name, logits, l2) for name, logits, l2 in scores]
+        titles = [f"{row['image']}\npredicted {row['predicted']}" for row in rows]
+        plots.plot_images([image.numpy() for image in images], titles, ctx.dir / "faces.png")
         result = {
             "index": index,
             "true": classes[int(y[0])],
-            "target": classes[target],
+            "target": classes[target_class],
             "betas": config.betas,
             "images": rows,
         }
@@ -219,25 +162,11 @@ def _one_face(config: Config) -> Any:
     return run
 
 
-def plot_faces(images: list[Any], titles: list[str], path: Path) -> Path:
-    """Images (C, H, W) in [0, 1] side by side, grey when single-channel."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.2 * len(images), 3.4))
-    FigureCanvasAgg(fig)
-    axes = np.atleast_1d(fig.subplots(1, len(images)))
-    for ax, image, title in zip(axes, images, titles, strict=True):
-        array = np.clip(np.asarray(image, dtype=np.float32), 0, 1)
-        shown = array[0] if array.shape[0] == 1 else np.moveaxis(array, 0, -1)
-        ax.imshow(shown, cmap="gray" if array.shape[0] == 1 else None, vmin=0, vmax=1)
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+def _score_row(classes: list[str], image: str, logits: list[float], l2: float) -> dict[str, Any]:
+    """One image's scores (logits) by class, its predicted class and its filter's norm."""
+    predicted = classes[max(range(len(logits)), key=logits.__getitem__)]
+    scores = dict(zip(classes, logits, strict=True))
+    return {"image": image, "scores": scores, "predicted": predicted, "l2": l2}
 
 
 def _sweep(config: Config) -> Any:
@@ -245,26 +174,18 @@ def _sweep(config: Config) -> Any:
     sweep = config.sweep
 
     def run(ctx: StepContext) -> dict[str, Any]:
-        import torch
-
-        _, source, target = _classes(ctx, config)
-        test = common.splits_for(ctx, config.data).test
+        splits, source_class, target_class = _classes(ctx, config)
+        test = splits.test
         model = common.load_model(ctx, config.model.name)
-        faces = _correct_source_faces(ctx, config, source)[: sweep.limit]
+        faces = _correct_source_faces(ctx, config, source_class)[: sweep.limit]
         if len(faces) == 0:
             raise UserError("no test face of the source class is classified correctly")
         x, y = test.images[faces], test.labels[faces]
         rows = []
         for beta in sweep.betas:
             attack = _filter(config, beta=beta, iterations=sweep.iterations)
-            success, l2, linf = [], [], []
-            for start in range(0, len(x), sweep.batch_size):
-                xb, yb = x[start : start + sweep.batch_size], y[start : start + sweep.batch_size]
-                result = attack.optimise(model, xb, yb, torch.full_like(yb, target))
-                success.append(result.success)
-                l2.append(result.l2)
-                linf.append(result.delta.flatten(1).abs().amax(1))
-            ok, norms, peaks = torch.cat(success), torch.cat(l2), torch.cat(linf)
+            filtered = _filter_every_face(attack, model, x, y, target_class, sweep.batch_size)
+            ok, norms, peaks = filtered["success"], filtered["l2"], filtered["linf"]
             rows.append(
                 {
                     "beta": beta,
@@ -283,48 +204,54 @@ def _sweep(config: Config) -> Any:
     return run
 
 
+def _filter_every_face(
+    attack: Any, model: Any, x: Any, y: Any, target_class: int, batch_size: int
+) -> dict[str, Any]:
+    """Learn a filter for each face, ``batch_size`` at a time: per face ``success`` (reaches
+    ``target_class``), ``l2`` and ``linf`` (of the filter) as ``(N,)`` tensors."""
+    import torch
+
+    from robustlab.distributed import map_chunks
+
+    def run_batch(part: slice) -> dict[str, Any]:
+        goal = torch.full_like(y[part], target_class)
+        result = attack.optimise(model, x[part], y[part], goal)
+        linf = result.delta.flatten(1).abs().amax(1)
+        return {"success": result.success, "l2": result.l2, "linf": linf}
+
+    parts = map_chunks(run_batch, len(x), batch_size)
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 def plot_sweep(rows: list[Mapping[str, Any]], path: Path) -> Path:
     """Success rate (left axis) and mean ||delta||_2 (right axis) against beta."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from robustlab.reporting.plots import Line, plot_lines
 
     betas = [row["beta"] for row in rows]
-    fig = Figure(figsize=(7.0, 4.4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot(betas, [row["success_rate"] for row in rows], "b-o", label="success rate")
-    ax.set_xlabel("β (weight of the L2 penalty)")
-    ax.set_ylabel("success rate (classified as the target)", color="b")
-    ax.set_ylim(-0.02, 1.02)
-    other = ax.twinx()
-    other.plot(betas, [row["mean_l2"] for row in rows], "r--s", label="mean ||Δ||₂")
-    other.set_ylabel("mean ||Δ||₂ (pixel units)", color="r")
-    ax.grid(alpha=0.3)
-    ax.set_title("Targeted filter attack: success and filter size against β", fontsize=11)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    return path
+    success = [row["success_rate"] for row in rows]
+    size = [row["mean_l2"] for row in rows]
+    return plot_lines(
+        [
+            Line(success, "success rate", x=betas, style={"color": "b", "marker": "o"}),
+            Line(size, "mean ||Δ||₂", x=betas, style={"color": "r", "marker": "s"}, right=True),
+        ],
+        path,
+        title="Targeted filter attack: success and filter size against β",
+        xlabel="β (weight of the L2 penalty)",
+        ylabel="success rate (classified as the target)",
+        right_label="mean ||Δ||₂ (pixel units)",
+    )
 
 
 # -------------------------------------------------------------------------------- report
 
 
-def summary(config: Config, results: Mapping[str, Any]) -> dict[str, Any]:
-    face = results.get("one-face", {})
-    return {
-        "test_accuracy": results.get(common.train_step_name(config.model.name), {}).get(
-            "test_accuracy"
-        ),
-        "one_face": [(row["image"], row["predicted"]) for row in face.get("images", [])],
-        "sweep": [
-            (row["beta"], row["success_rate"], row["mean_l2"])
-            for row in results.get("beta-sweep", {}).get("rows", [])
-        ],
-    }
+def _pct(value: Any) -> str:
+    return "?" if value is None else f"{value:.1%}"
 
 
-def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
-    from robustlab.reporting import Figure, ReportSpec, Section, Table
+def _overview_section(config: Config, results: StepResults) -> Section:
+    from robustlab.reporting import Section
 
     data = results.get("data", {})
     train = results.get(common.train_step_name(config.model.name), {})
@@ -343,91 +270,142 @@ def report(config: Config, results: Mapping[str, Any], run_dir: Path) -> Any:
         f"{settings['clip']} (true keeps X + DX a valid image; the source did not clip).",
         *config.notes,
     ]
-    sections = [Section(id="overview", title="What this study does", text="\n\n".join(intro))]
-    face = results.get("one-face")
-    if face:
-        classes = list(face["images"][0]["scores"])
-        rows = [
-            [row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]]
-            for row in face["images"]
-        ]
-        source_rows = [[name, *scores] for name, scores in SOURCE_SCORES.items()]
-        figures = [
-            Figure(
-                "one-face/faces.png",
-                "Original, then the filtered image after each β (as in the source)",
-            )
-        ]
-        figures += [
-            Figure(f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}")
-            for beta in face["betas"]
-        ]
-        sections.append(
-            Section(
-                id="one-face",
-                title=f"One face: {face['true']} → {face['target']}",
-                text=f"Test image {face['index']}, true class {face['true']}; filters learned in turn "
-                f"for β = {', '.join(f'{b:g}' for b in face['betas'])}, each starting from the last.",
-                tables=[
-                    Table(
-                        ["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"],
-                        rows,
-                        "Scores (logits) of the model",
-                    ),
-                    Table(
-                        ["source image", "score man", "score woman"],
-                        source_rows,
-                        "The source's scores",
-                    ),
-                ],
-                figures=figures,
-            )
-        )
-    sweep = results.get("beta-sweep")
-    if sweep:
-        rows = [
-            [
-                r["beta"],
-                r["success_rate"],
-                r["mean_l2"],
-                r["median_l2"],
-                r["mean_l2_successful"],
-                r["mean_linf"],
-            ]
-            for r in sweep["rows"]
-        ]
-        sections.append(
-            Section(
-                id="beta-sweep",
-                title="Beyond the source: success and filter size against β",
-                text=f"{sweep['faces']} test faces of the source class that the model classifies "
-                f"correctly, {sweep['iterations']} iterations per β, each from a zero filter.",
-                tables=[
-                    Table(
-                        [
-                            "β",
-                            "success rate",
-                            "mean ||Δ||₂",
-                            "median ||Δ||₂",
-                            "mean ||Δ||₂ (successes)",
-                            "mean ||Δ||∞",
-                        ],
-                        rows,
-                    )
-                ],
-                figures=[
-                    Figure(
-                        "beta-sweep/beta_sweep.png", "Success rate and mean filter norm against β"
-                    )
-                ],
-            )
-        )
-    return ReportSpec(
-        title=config.title or "Targeted-face study: a filter that changes the predicted gender",
-        subtitle=f"{config.model.arch} on {config.data.name}",
-        sections=sections,
+    return Section(id="overview", title="What this study does", text="\n\n".join(intro))
+
+
+def _one_face_section(face: Mapping[str, Any]) -> Section:
+    """The scores of one face before and after each filter, beside the source's."""
+    from robustlab.reporting import Figure, Section, Table
+
+    classes = list(face["images"][0]["scores"])
+    rows = [
+        [row["image"], *[row["scores"][c] for c in classes], row["predicted"], row["l2"]]
+        for row in face["images"]
+    ]
+    source_rows = [[name, *scores] for name, scores in SOURCE_SCORES.items()]
+    caption = "Original, then the filtered image after each β (as in the source)"
+    figures = [Figure("one-face/faces.png", caption)]
+    figures += [
+        Figure(f"one-face/filter_beta{beta:g}.png", f"The learned filter after β = {beta:g}")
+        for beta in face["betas"]
+    ]
+    betas = ", ".join(f"{b:g}" for b in face["betas"])
+    return Section(
+        id="one-face",
+        title=f"One face: {face['true']} → {face['target']}",
+        text=f"Test image {face['index']}, true class {face['true']}; filters learned in turn "
+        f"for β = {betas}, each starting from the last.",
+        tables=[
+            Table(
+                ["image", *[f"score {c}" for c in classes], "predicted", "||Δ||₂"],
+                rows,
+                "Scores (logits) of the model",
+            ),
+            Table(["source image", "score man", "score woman"], source_rows, "The source's scores"),
+        ],
+        figures=figures,
     )
 
 
-def _pct(value: Any) -> str:
-    return "?" if value is None else f"{value:.1%}"
+SWEEP_COLUMNS = {  # beta-sweep result key -> table header
+    "beta": "β",
+    "success_rate": "success rate",
+    "mean_l2": "mean ||Δ||₂",
+    "median_l2": "median ||Δ||₂",
+    "mean_l2_successful": "mean ||Δ||₂ (successes)",
+    "mean_linf": "mean ||Δ||∞",
+}
+
+
+def _sweep_section(sweep: Mapping[str, Any]) -> Section:
+    """Success rate and filter size against beta over many faces."""
+    from robustlab.reporting import Figure, Section, Table
+
+    rows = [[row[key] for key in SWEEP_COLUMNS] for row in sweep["rows"]]
+    figure = Figure("beta-sweep/beta_sweep.png", "Success rate and mean filter norm against β")
+    return Section(
+        id="beta-sweep",
+        title="Beyond the source: success and filter size against β",
+        text=f"{sweep['faces']} test faces of the source class that the model classifies "
+        f"correctly, {sweep['iterations']} iterations per β, each from a zero filter.",
+        tables=[Table(list(SWEEP_COLUMNS.values()), rows)],
+        figures=[figure],
+    )
+
+
+class TargetedFaceStudy(Study[Config]):
+    """The study ``targeted-face`` (``presets/targeted-face.yaml``)."""
+
+    kind = "targeted-face"
+    config_type = Config
+
+    def check(self, config: Config) -> None:
+        if config.attack.name != "filter":
+            raise UserError(
+                f"attack: this study learns a filter; use name 'filter', got '{config.attack.name}'"
+            )
+        if "beta" in config.attack.settings:
+            raise UserError("attack.settings.beta: set the betas with 'betas' and 'sweep.betas'")
+        settings = config.attack.build().settings()
+        # Plain gradient descent on beta * P(delta) shrinks delta by (1 - lr * beta * c) per step,
+        # c = 1 for 'l2_loss' (sum/2) and 2 for 'squared': it diverges once that leaves (-1, 1).
+        c = 1.0 if settings["penalty"] == "l2_loss" else 2.0
+        limit = 2.0 / (settings["lr"] * c)
+        for field, betas in (
+            ("betas", config.betas),
+            ("sweep.betas", config.sweep.betas if config.sweep else []),
+        ):
+            for beta in betas:
+                if beta >= limit:
+                    raise UserError(
+                        f"{field}: beta {beta:g} with lr {settings['lr']:g} and penalty "
+                        f"'{settings['penalty']}' makes gradient descent diverge; use beta < {limit:g}"
+                    )
+
+    def steps(self, config: Config) -> list[Step]:
+        image = common.pixel_scale(config.data.image_size)
+        kind = f"attack {config.model.arch}"
+        one_face = config.attack.build().settings()["iterations"] * len(config.betas)
+        out = [common.data_step(config.data), common.train_step(config.model, config.data)]
+        out.append(
+            Step(
+                "one-face",
+                "filter attack on one face",
+                _one_face(config),
+                work=Work(f"{kind} one image", one_face * image),
+            )
+        )
+        if config.sweep is not None:
+            sweep = config.sweep
+            faces = common.test_size(config.data, sweep.limit)
+            work = Work(kind, sweep.iterations * len(sweep.betas) * faces * image)
+            title = f"beta sweep over {sweep.limit or 'all'} faces"
+            out.append(Step("beta-sweep", title, _sweep(config), work=work))
+        return out
+
+    def summary(self, config: Config, results: StepResults) -> dict[str, Any]:
+        face = results.get("one-face", {})
+        return {
+            "test_accuracy": results.get(common.train_step_name(config.model.name), {}).get(
+                "test_accuracy"
+            ),
+            "one_face": [(row["image"], row["predicted"]) for row in face.get("images", [])],
+            "sweep": [
+                (row["beta"], row["success_rate"], row["mean_l2"])
+                for row in results.get("beta-sweep", {}).get("rows", [])
+            ],
+        }
+
+    def report(self, config: Config, results: StepResults, run_dir: Path) -> ReportSpec:
+        from robustlab.reporting import ReportSpec
+
+        sections = [_overview_section(config, results)]
+        if results.get("one-face"):
+            sections.append(_one_face_section(results["one-face"]))
+        if results.get("beta-sweep"):
+            sections.append(_sweep_section(results["beta-sweep"]))
+        return ReportSpec(
+            title=config.title or "Targeted-face study: a filter that changes the predicted gender",
+            subtitle=f"{config.model.arch} on {config.data.name}",
+            sections=sections,
+        )

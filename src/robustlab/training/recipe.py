@@ -6,16 +6,17 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from robustlab import distributed
-from robustlab.data import DataSpec, load_splits
+from robustlab.data import DataSpec, DataSplits, load_splits
 from robustlab.errors import UserError, first_difference
 from robustlab.io import read_json, remove_stale_temporaries, write_json
-from robustlab.models import ModelSpec, create_model, save_checkpoint
+from robustlab.models import ImageClassifier, ModelSpec, create_model, save_checkpoint
 from robustlab.training.config import TrainConfig
 from robustlab.training.loop import STATE_FILE, Objective, clear_state, fit
 from robustlab.training.modes import eval_mode
@@ -32,6 +33,17 @@ def complete_specs(data: DataSpec, model: ModelSpec) -> tuple[DataSpec, ModelSpe
     return data, model
 
 
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A further training phase of a run, on the same model (e.g. fine-tuning at a lower lr)."""
+
+    name: str  # the ``stage`` in history.json; its resumable state lives in RUN_DIR/<name>
+    config: TrainConfig
+
+
+ModelInit = Callable[[ImageClassifier], None]  # changes a freshly built model in place
+
+
 def train_run(
     run_dir: str | Path,
     data: DataSpec,
@@ -43,63 +55,40 @@ def train_run(
     data_dir: str | Path | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    init: ModelInit | None = None,
+    then: Sequence[Phase] = (),
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a classifier and write ``RUN_DIR`` (weights, config, history); return its metrics.
 
     ``model_spec.num_classes``, ``in_chans`` and ``input_size`` are taken from the data.
     ``objective``/``defence``: a defence's training loss and its JSON-able settings, if any.
+    ``init``: called on the model once built (seeded with ``config.seed``), before training,
+    e.g. to copy pretrained blocks into it; ``then``: phases trained after ``config``;
+    ``extra``: JSON-able settings of ``init`` and the caller, recorded in ``config.json``.
+    ``device``: where the model and the train/val images live while training (one copy each).
     Started again after a crash, the run resumes from its last finished epoch; started again
     with other settings, it is refused (``UserError`` naming the first difference).
     Under torchrun every rank trains (DDP) and only rank 0 writes ``RUN_DIR``.
-    ``device``: where the model and the train/val images live while training (one copy each).
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
-    settings = {"data": data, "model": model_spec, "train": config.to_dict(), "defence": defence}
-    settings = json.loads(json.dumps(settings, default=_plain))  # as it reads back from JSON
+    record = _run_record(data, model_spec, config, defence, then, extra)
+    settings = json.loads(json.dumps(record, default=_plain))  # as it reads back from JSON
     if distributed.is_main():
         check_resume_settings(run_dir, settings)
     splits = load_splits(data, data_dir)
-    channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
-    model_spec = dataclasses.replace(
-        model_spec, num_classes=len(splits.train.classes), in_chans=channels, input_size=size
-    )
-    torch.manual_seed(config.seed)
-    model = create_model(model_spec).to(device)
+    model = _build_model(model_spec, splits, config.seed, init, device)
     if distributed.is_main() and not (run_dir / STATE_FILE).exists():
         write_json(run_dir / SETTINGS_FILE, settings)  # once data and model proved loadable
 
     start = time.perf_counter()
-    history = fit(
-        model,
-        (splits.train.images.to(device), splits.train.labels.to(device)),
-        (splits.val.images.to(device), splits.val.labels.to(device)),
-        config,
-        objective,
-        state_dir=run_dir,
-        progress=progress,
-    )
-    metrics = {
-        f"{name}_accuracy": accuracy(model, split.images, split.labels, config.eval_batch_size)
-        for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-    }
+    phases = [Phase("train", config), *then]
+    history = _fit_phases(run_dir, model, splits, phases, objective, progress, device)
+    metrics = score_splits(model, splits, config.eval_batch_size)
     metrics |= {"epochs_run": len(history), "seconds": round(time.perf_counter() - start, 2)}
     if distributed.is_main():
-        write_json(run_dir / "history.json", history)
-        save_checkpoint(
-            run_dir,
-            model,
-            {
-                "classes": list(splits.train.classes),
-                "data": dataclasses.asdict(data),
-                "data_info": splits.info(),
-                "train": config.to_dict(),
-                "defence": defence,
-                "metrics": metrics,
-            },
-        )
-        clear_state(run_dir)
-        (run_dir / SETTINGS_FILE).unlink(missing_ok=True)
+        _write_run(run_dir, model, splits, {**record, "metrics": metrics}, history, phases)
     distributed.barrier()  # the run directory is complete before any rank moves on
     log.info(
         "%s: test accuracy %.4f (val %.4f) after %d epochs, %.0fs -> %s",
@@ -111,6 +100,93 @@ def train_run(
         run_dir,
     )
     return metrics
+
+
+def _run_record(
+    data: DataSpec,
+    model_spec: ModelSpec,
+    config: TrainConfig,
+    defence: dict[str, Any] | None,
+    then: Sequence[Phase],
+    extra: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """What a run was started with: compared on resume, kept in ``config.json``."""
+    record = {"data": data, "model": model_spec, "train": config.to_dict(), "defence": defence}
+    if then:
+        record["then"] = [{"name": p.name, "train": p.config.to_dict()} for p in then]
+    return record | dict(extra or {})
+
+
+def _write_run(
+    run_dir: Path,
+    model: ImageClassifier,
+    splits: DataSplits,
+    record: Mapping[str, Any],
+    history: list[dict[str, Any]],
+    phases: Sequence[Phase],
+) -> None:
+    """Write history.json, the weights and config.json; then drop the resumable state."""
+    write_json(run_dir / "history.json", history)
+    saved = {key: value for key, value in record.items() if key != "model"}  # the weights' own
+    saved |= {"data": dataclasses.asdict(record["data"]), "data_info": splits.info()}
+    save_checkpoint(run_dir, model, {"classes": list(splits.train.classes), **saved})
+    for state_dir in _state_dirs(run_dir, phases):
+        clear_state(state_dir)
+    (run_dir / SETTINGS_FILE).unlink(missing_ok=True)
+
+
+def _build_model(
+    model_spec: ModelSpec,
+    splits: DataSplits,
+    seed: int,
+    init: ModelInit | None,
+    device: str | torch.device,
+) -> ImageClassifier:
+    """The model for ``splits`` (class count, channels and size from the data), seeded."""
+    channels, size = splits.train.images.shape[1], splits.train.images.shape[-1]
+    model_spec = dataclasses.replace(
+        model_spec, num_classes=len(splits.train.classes), in_chans=channels, input_size=size
+    )
+    torch.manual_seed(seed)
+    model = create_model(model_spec)
+    if init is not None:
+        init(model)
+    return model.to(device)
+
+
+def _state_dirs(run_dir: Path, phases: Sequence[Phase]) -> list[Path]:
+    """The first phase keeps its resumable state in the run dir, later ones in sub-folders."""
+    return [run_dir if index == 0 else run_dir / p.name for index, p in enumerate(phases)]
+
+
+def _fit_phases(
+    run_dir: Path,
+    model: ImageClassifier,
+    splits: DataSplits,
+    phases: Sequence[Phase],
+    objective: Objective | None,
+    progress: bool,
+    device: str | torch.device,
+) -> list[dict[str, Any]]:
+    """``fit`` each phase in turn; the history of all, each record tagged with its phase."""
+    train = (splits.train.images.to(device), splits.train.labels.to(device))
+    val = (splits.val.images.to(device), splits.val.labels.to(device))
+    history = []
+    for phase, state_dir in zip(phases, _state_dirs(run_dir, phases), strict=True):
+        records = fit(
+            model, train, val, phase.config, objective, state_dir=state_dir, progress=progress
+        )
+        tagged = len(phases) > 1  # a single phase keeps the plain history of ``fit``
+        history += [{**record, "stage": phase.name} if tagged else record for record in records]
+    return history
+
+
+def score_splits(model: torch.nn.Module, splits: DataSplits, batch_size: int) -> dict[str, float]:
+    """``{train,val,test}_accuracy`` of ``model``."""
+    return {
+        f"{name}_accuracy": accuracy(model, split.images, split.labels, batch_size)
+        for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -152,5 +228,7 @@ def accuracy(
     with eval_mode(model):
         for start in range(0, len(labels), batch_size):
             logits = model(images[start : start + batch_size].to(device))
-            correct += (logits.argmax(1).cpu() == labels[start : start + batch_size].cpu()).sum().item()
+            correct += (
+                (logits.argmax(1).cpu() == labels[start : start + batch_size].cpu()).sum().item()
+            )
     return correct / len(labels)
