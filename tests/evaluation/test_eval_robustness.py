@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -10,7 +11,7 @@ from torch import nn
 from robustlab.attacks import get_attack
 from robustlab.data import DataSplits
 from robustlab.errors import UserError
-from robustlab.evaluation import CurvesResult, robustness_curves
+from robustlab.evaluation import CurveRequest, CurvesResult, robustness_curves
 from robustlab.models import ModelSpec, create_model
 
 EPSILONS = [0.05, 0.1, 0.2]
@@ -19,10 +20,10 @@ EPSILONS = [0.05, 0.1, 0.2]
 @pytest.fixture(scope="module")
 def curves(target_model: nn.Module, surrogate_model: nn.Module, test_batch) -> CurvesResult:
     x, y = test_batch
+    request = CurveRequest(get_attack("fgsm"), EPSILONS, keep_examples=(0, 1, 2))
     return robustness_curves(
-        target_model, x, y, get_attack("fgsm"), EPSILONS,
-        surrogates={"surrogate": surrogate_model}, target_name="target", keep=[0, 1, 2],
-    )  # fmt: skip
+        target_model, x, y, request, surrogate_models={"surrogate": surrogate_model}
+    )
 
 
 def test_three_kinds_of_curves(curves: CurvesResult) -> None:
@@ -73,16 +74,10 @@ def test_per_eps_curves_are_never_below_worst_case(
     target_model: nn.Module, curves: CurvesResult, test_batch
 ) -> None:
     x, y = test_batch
-    fresh = robustness_curves(
-        target_model,
-        x,
-        y,
-        get_attack("fgsm"),
-        EPSILONS,
-        noise=False,
-        worst_case=False,
-        sanity=False,
+    request = CurveRequest(
+        get_attack("fgsm"), EPSILONS, noise=False, worst_case=False, sanity=False
     )
+    fresh = robustness_curves(target_model, x, y, request)
     worst = curves.curve("white-box")["accuracy"]
     assert all(
         w <= f + 1e-9 for w, f in zip(worst, fresh.curve("white-box")["accuracy"], strict=True)
@@ -98,10 +93,16 @@ def test_per_eps_curves_are_never_below_worst_case(
         ([float("nan")], "finite number, got nan"),
     ],
 )
-def test_bad_epsilons(target_model: nn.Module, test_batch, epsilons, message: str) -> None:
-    x, y = test_batch
+def test_bad_epsilons_are_refused_when_the_request_is_made(epsilons, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        robustness_curves(target_model, x, y, get_attack("fgsm"), epsilons)
+        CurveRequest(get_attack("fgsm"), epsilons)
+
+
+def test_request_sorts_epsilons_and_keeps_them_immutable() -> None:
+    request = CurveRequest(get_attack("fgsm"), [0.2, 0.05, 0.2], keep_examples=range(3))
+    assert request.epsilons == (0.05, 0.2) and request.keep_examples == (0, 1, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.seed = 1  # type: ignore[misc]
 
 
 def test_surrogate_with_other_classes_or_size_is_refused(
@@ -111,19 +112,19 @@ def test_surrogate_with_other_classes_or_size_is_refused(
     three = create_model(
         ModelSpec(arch="simple-cnn", num_classes=3, in_chans=1, input_size=8)
     ).eval()
+    request = CurveRequest(get_attack("fgsm"), [0.1])
     with pytest.raises(UserError, match="same classes"):
-        robustness_curves(target_model, x, y, get_attack("fgsm"), [0.1], surrogates={"s": three})
+        robustness_curves(target_model, x, y, request, surrogate_models={"s": three})
     bigger = create_model(
         ModelSpec(arch="simple-cnn", num_classes=10, in_chans=1, input_size=16)
     ).eval()
     with pytest.raises(UserError, match="model 's' takes 1x16x16 images"):
-        robustness_curves(target_model, x, y, get_attack("fgsm"), [0.1], surrogates={"s": bigger})
+        robustness_curves(target_model, x, y, request, surrogate_models={"s": bigger})
 
 
-def test_unbounded_attack_cannot_be_curved(target_model: nn.Module, test_batch) -> None:
-    x, y = test_batch
+def test_unbounded_attack_cannot_be_curved() -> None:
     with pytest.raises(UserError, match="no epsilon budget"):
-        robustness_curves(target_model, x, y, get_attack("filter", iterations=1), [0.1])
+        CurveRequest(get_attack("filter", iterations=1), [0.1])
 
 
 def test_model_in_train_mode_is_refused(digits: DataSplits, test_batch) -> None:
@@ -131,5 +132,5 @@ def test_model_in_train_mode_is_refused(digits: DataSplits, test_batch) -> None:
     model = create_model(ModelSpec(arch="simple-cnn", num_classes=10, in_chans=1, input_size=8))
     assert model.training
     with pytest.raises(UserError, match="train mode"):
-        robustness_curves(model, x, y, get_attack("fgsm"), [0.1])
+        robustness_curves(model, x, y, CurveRequest(get_attack("fgsm"), [0.1]))
     assert torch.is_grad_enabled()
