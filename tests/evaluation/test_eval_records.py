@@ -135,3 +135,11 @@ def test_grey_pngs_round_trip(tmp_path: Path, test_batch, target_model: nn.Modul
     summary = save_adversarials(tmp_path, target_model, unchanged)
     assert torch.equal(load_png(tmp_path / summary["images"][2]["png"], 1), quantise(x[2]))
     assert (tmp_path / "adversarials.json").is_file()
+
+
+def test_adversarial_set_refuses_mismatched_shapes() -> None:
+    x = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        AdversarialSet(x, torch.zeros(2, 1, 4, 5), torch.zeros(2, dtype=torch.long), ["a"])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        AdversarialSet(x, x, torch.zeros(3, dtype=torch.long), ["a"])

@@ -11,7 +11,14 @@ from torch import nn
 from robustlab.attacks import get_attack
 from robustlab.data import DataSplits
 from robustlab.errors import UserError
-from robustlab.evaluation import CurveRequest, CurvesResult, robustness_curves
+from robustlab.evaluation import (
+    CurveRequest,
+    CurvesResult,
+    ScoreRequest,
+    robustness_curves,
+    sanity_flags,
+    score_perturbations,
+)
 from robustlab.models import ModelSpec, create_model
 
 EPSILONS = [0.05, 0.1, 0.2]
@@ -134,3 +141,30 @@ def test_model_in_train_mode_is_refused(digits: DataSplits, test_batch) -> None:
     with pytest.raises(UserError, match="train mode"):
         robustness_curves(model, x, y, CurveRequest(get_attack("fgsm"), [0.1]))
     assert torch.is_grad_enabled()
+
+
+def test_scores_do_not_depend_on_the_batch_size(target_model: nn.Module, test_batch) -> None:
+    """Per-batch outcomes join into the one-batch outcome, kept examples included."""
+    x, y = test_batch
+    keep = (0, 7, 8, 50, 119)  # on both sides of the 8-image batch boundaries
+    one = ScoreRequest(get_attack("fgsm"), (0.05, 0.1), batch_size=len(x), keep_examples=keep)
+    joined = score_perturbations(target_model, x, y, dataclasses.replace(one, batch_size=8))
+    whole = score_perturbations(target_model, x, y, one)
+    for name in ("pred", "conf", "l2", "linf"):
+        assert getattr(joined, name).shape == (2, len(x))
+        assert torch.allclose(getattr(joined, name), getattr(whole, name), atol=1e-6), name
+    assert sorted(joined.examples) == list(keep) == sorted(whole.examples)
+    for index in keep:
+        assert torch.allclose(joined.examples[index], whole.examples[index], atol=1e-6)
+        assert joined.example_probs[index].shape == (2, 10)
+
+
+def test_curves_carry_exactly_what_sanity_flags_finds(masked_model: nn.Module, test_batch) -> None:
+    """robustness_curves runs the same checks as sanity_flags on its own curves."""
+    x, y = test_batch
+    request = CurveRequest(get_attack("fgsm"), [0.1, 0.3], unbounded_check=False)
+    result = robustness_curves(masked_model, x, y, request)
+    curves = {**result.to_dict(), "flags": []}
+    alone = sanity_flags(masked_model, x, y, curves, unbounded=False)
+    assert result.flags == [flag.to_dict() for flag in alone] and result.flags
+    assert result.unbounded_accuracy is None and alone.unbounded_accuracy is None
