@@ -12,6 +12,9 @@ from torch import nn
 from robustlab.attacks import accuracy_from_min_eps, get_attack
 from robustlab.evaluation import (
     RECORD_FIELDS,
+    AdversarialSet,
+    CurveRequest,
+    EvaluatedImages,
     load_png,
     min_eps_from_grid,
     predict_logits,
@@ -29,9 +32,8 @@ EPSILONS = [0.02, 0.05, 0.1, 0.2]
 @pytest.fixture(scope="module")
 def white_box(target_model: nn.Module, test_batch):
     x, y = test_batch
-    result = robustness_curves(
-        target_model, x, y, get_attack("fgsm"), EPSILONS, noise=False, sanity=False
-    )
+    request = CurveRequest(get_attack("fgsm"), EPSILONS, noise=False, sanity=False)
+    result = robustness_curves(target_model, x, y, request)
     return result, result.outcomes[result.curve("white-box")["label"]]
 
 
@@ -55,7 +57,7 @@ def test_records_have_every_field_and_agree_with_the_outcome(
     result, outcome = white_box
     x, y = test_batch
     classes = [str(k) for k in range(10)]
-    rows = sample_records(outcome, predict_logits(target_model, x), y, classes)
+    rows = sample_records(outcome, EvaluatedImages(x, y, predict_logits(target_model, x), classes))
     assert len(rows) == len(EPSILONS) * len(y)
     assert all(tuple(row) == RECORD_FIELDS for row in rows)
     for row in rows:
@@ -85,14 +87,13 @@ def test_records_have_every_field_and_agree_with_the_outcome(
 def test_minimum_norm_attack_min_eps_is_used(target_model: nn.Module, test_batch) -> None:
     x, y = test_batch
     attack = get_attack("minimal", base="fgsm", search_steps=6)
-    result = robustness_curves(
-        target_model, x[:40], y[:40], attack, [0.05, 0.1, 0.3], noise=False, sanity=False
-    )
+    request = CurveRequest(attack, [0.05, 0.1, 0.3], noise=False, sanity=False)
+    result = robustness_curves(target_model, x[:40], y[:40], request)
     outcome = result.outcomes[result.curve("white-box")["label"]]
     assert outcome.min_eps is not None and outcome.min_eps.shape == (40,)
-    rows = sample_records(
-        outcome, predict_logits(target_model, x[:40]), y[:40], [str(k) for k in range(10)]
-    )
+    classes = [str(k) for k in range(10)]
+    images = EvaluatedImages(x[:40], y[:40], predict_logits(target_model, x[:40]), classes)
+    rows = sample_records(outcome, images)
     found = [r["min_eps"] for r in rows if r["clean_correct"] and math.isfinite(r["min_eps"])]
     assert found and not set(found) <= {0.05, 0.1, 0.3}  # finer than the sweep's grid
 
@@ -115,7 +116,9 @@ def test_png_quantisation_can_undo_an_adversarial(tmp_path: Path) -> None:
     x_adv = torch.stack([torch.full((3, 4, 4), 127.6 / 255),  # below the threshold, but
                          torch.full((3, 4, 4), 120 / 255)])  # fmt: skip  # rounds to 128 > it
     y = torch.ones(2, dtype=torch.long)
-    summary = save_adversarials(tmp_path, model, x, x_adv, y, ["low", "high"], eps=0.01)
+    summary = save_adversarials(
+        tmp_path, model, AdversarialSet(x, x_adv, y, ["low", "high"], eps=0.01)
+    )
     assert summary["adversarial_float"] == 2 and summary["adversarial_png"] == 1
     assert summary["lost_by_quantisation"] == 1
     assert [image["adversarial_png"] for image in summary["images"]] == [False, True]
@@ -128,8 +131,15 @@ def test_png_quantisation_can_undo_an_adversarial(tmp_path: Path) -> None:
 
 def test_grey_pngs_round_trip(tmp_path: Path, test_batch, target_model: nn.Module) -> None:
     x, y = test_batch
-    summary = save_adversarials(
-        tmp_path, target_model, x[:3], x[:3], y[:3], [str(k) for k in range(10)]
-    )
+    unchanged = AdversarialSet(x[:3], x[:3], y[:3], [str(k) for k in range(10)])
+    summary = save_adversarials(tmp_path, target_model, unchanged)
     assert torch.equal(load_png(tmp_path / summary["images"][2]["png"], 1), quantise(x[2]))
     assert (tmp_path / "adversarials.json").is_file()
+
+
+def test_adversarial_set_refuses_mismatched_shapes() -> None:
+    x = torch.zeros(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        AdversarialSet(x, torch.zeros(2, 1, 4, 5), torch.zeros(2, dtype=torch.long), ["a"])
+    with pytest.raises(ValueError, match="shape mismatch"):
+        AdversarialSet(x, x, torch.zeros(3, dtype=torch.long), ["a"])

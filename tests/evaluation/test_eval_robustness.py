@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -10,7 +11,14 @@ from torch import nn
 from robustlab.attacks import get_attack
 from robustlab.data import DataSplits
 from robustlab.errors import UserError
-from robustlab.evaluation import CurvesResult, robustness_curves
+from robustlab.evaluation import (
+    CurveRequest,
+    CurvesResult,
+    ScoreRequest,
+    robustness_curves,
+    sanity_flags,
+    score_perturbations,
+)
 from robustlab.models import ModelSpec, create_model
 
 EPSILONS = [0.05, 0.1, 0.2]
@@ -19,10 +27,10 @@ EPSILONS = [0.05, 0.1, 0.2]
 @pytest.fixture(scope="module")
 def curves(target_model: nn.Module, surrogate_model: nn.Module, test_batch) -> CurvesResult:
     x, y = test_batch
+    request = CurveRequest(get_attack("fgsm"), EPSILONS, keep_examples=(0, 1, 2))
     return robustness_curves(
-        target_model, x, y, get_attack("fgsm"), EPSILONS,
-        surrogates={"surrogate": surrogate_model}, target_name="target", keep=[0, 1, 2],
-    )  # fmt: skip
+        target_model, x, y, request, surrogate_models={"surrogate": surrogate_model}
+    )
 
 
 def test_three_kinds_of_curves(curves: CurvesResult) -> None:
@@ -73,16 +81,10 @@ def test_per_eps_curves_are_never_below_worst_case(
     target_model: nn.Module, curves: CurvesResult, test_batch
 ) -> None:
     x, y = test_batch
-    fresh = robustness_curves(
-        target_model,
-        x,
-        y,
-        get_attack("fgsm"),
-        EPSILONS,
-        noise=False,
-        worst_case=False,
-        sanity=False,
+    request = CurveRequest(
+        get_attack("fgsm"), EPSILONS, noise=False, worst_case=False, sanity=False
     )
+    fresh = robustness_curves(target_model, x, y, request)
     worst = curves.curve("white-box")["accuracy"]
     assert all(
         w <= f + 1e-9 for w, f in zip(worst, fresh.curve("white-box")["accuracy"], strict=True)
@@ -98,10 +100,16 @@ def test_per_eps_curves_are_never_below_worst_case(
         ([float("nan")], "finite number, got nan"),
     ],
 )
-def test_bad_epsilons(target_model: nn.Module, test_batch, epsilons, message: str) -> None:
-    x, y = test_batch
+def test_bad_epsilons_are_refused_when_the_request_is_made(epsilons, message: str) -> None:
     with pytest.raises(UserError, match=message):
-        robustness_curves(target_model, x, y, get_attack("fgsm"), epsilons)
+        CurveRequest(get_attack("fgsm"), epsilons)
+
+
+def test_request_sorts_epsilons_and_keeps_them_immutable() -> None:
+    request = CurveRequest(get_attack("fgsm"), [0.2, 0.05, 0.2], keep_examples=range(3))
+    assert request.epsilons == (0.05, 0.2) and request.keep_examples == (0, 1, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.seed = 1  # type: ignore[misc]
 
 
 def test_surrogate_with_other_classes_or_size_is_refused(
@@ -111,19 +119,19 @@ def test_surrogate_with_other_classes_or_size_is_refused(
     three = create_model(
         ModelSpec(arch="simple-cnn", num_classes=3, in_chans=1, input_size=8)
     ).eval()
+    request = CurveRequest(get_attack("fgsm"), [0.1])
     with pytest.raises(UserError, match="same classes"):
-        robustness_curves(target_model, x, y, get_attack("fgsm"), [0.1], surrogates={"s": three})
+        robustness_curves(target_model, x, y, request, surrogate_models={"s": three})
     bigger = create_model(
         ModelSpec(arch="simple-cnn", num_classes=10, in_chans=1, input_size=16)
     ).eval()
     with pytest.raises(UserError, match="model 's' takes 1x16x16 images"):
-        robustness_curves(target_model, x, y, get_attack("fgsm"), [0.1], surrogates={"s": bigger})
+        robustness_curves(target_model, x, y, request, surrogate_models={"s": bigger})
 
 
-def test_unbounded_attack_cannot_be_curved(target_model: nn.Module, test_batch) -> None:
-    x, y = test_batch
+def test_unbounded_attack_cannot_be_curved() -> None:
     with pytest.raises(UserError, match="no epsilon budget"):
-        robustness_curves(target_model, x, y, get_attack("filter", iterations=1), [0.1])
+        CurveRequest(get_attack("filter", iterations=1), [0.1])
 
 
 def test_model_in_train_mode_is_refused(digits: DataSplits, test_batch) -> None:
@@ -131,5 +139,32 @@ def test_model_in_train_mode_is_refused(digits: DataSplits, test_batch) -> None:
     model = create_model(ModelSpec(arch="simple-cnn", num_classes=10, in_chans=1, input_size=8))
     assert model.training
     with pytest.raises(UserError, match="train mode"):
-        robustness_curves(model, x, y, get_attack("fgsm"), [0.1])
+        robustness_curves(model, x, y, CurveRequest(get_attack("fgsm"), [0.1]))
     assert torch.is_grad_enabled()
+
+
+def test_scores_do_not_depend_on_the_batch_size(target_model: nn.Module, test_batch) -> None:
+    """Per-batch outcomes join into the one-batch outcome, kept examples included."""
+    x, y = test_batch
+    keep = (0, 7, 8, 50, 119)  # on both sides of the 8-image batch boundaries
+    one = ScoreRequest(get_attack("fgsm"), (0.05, 0.1), batch_size=len(x), keep_examples=keep)
+    joined = score_perturbations(target_model, x, y, dataclasses.replace(one, batch_size=8))
+    whole = score_perturbations(target_model, x, y, one)
+    for name in ("pred", "conf", "l2", "linf"):
+        assert getattr(joined, name).shape == (2, len(x))
+        assert torch.allclose(getattr(joined, name), getattr(whole, name), atol=1e-6), name
+    assert sorted(joined.examples) == list(keep) == sorted(whole.examples)
+    for index in keep:
+        assert torch.allclose(joined.examples[index], whole.examples[index], atol=1e-6)
+        assert joined.example_probs[index].shape == (2, 10)
+
+
+def test_curves_carry_exactly_what_sanity_flags_finds(masked_model: nn.Module, test_batch) -> None:
+    """robustness_curves runs the same checks as sanity_flags on its own curves."""
+    x, y = test_batch
+    request = CurveRequest(get_attack("fgsm"), [0.1, 0.3], unbounded_check=False)
+    result = robustness_curves(masked_model, x, y, request)
+    curves = {**result.to_dict(), "flags": []}
+    alone = sanity_flags(masked_model, x, y, curves, unbounded=False)
+    assert result.flags == [flag.to_dict() for flag in alone] and result.flags
+    assert result.unbounded_accuracy is None and alone.unbounded_accuracy is None

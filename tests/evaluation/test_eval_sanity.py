@@ -9,6 +9,8 @@ from torch import nn
 from robustlab.attacks import get_attack
 from robustlab.errors import UserError
 from robustlab.evaluation import (
+    CurveRequest,
+    TransferRequest,
     curve_flags,
     gradient_flags,
     output_flags,
@@ -31,10 +33,10 @@ def test_gradient_masked_model_raises_every_masking_flag(
     """round(x*8)/8 in front of the model: FGSM sees zero gradients and changes nothing, while
     noise and adversarials transferred from an ordinary model still hurt."""
     x, y = test_batch
+    request = CurveRequest(get_attack("fgsm"), [0.1, 0.2, 0.3], target_name="masked")
     result = robustness_curves(
-        masked_model, x, y, get_attack("fgsm"), [0.1, 0.2, 0.3],
-        surrogates={"surrogate": surrogate_model}, target_name="masked",
-    )  # fmt: skip
+        masked_model, x, y, request, surrogate_models={"surrogate": surrogate_model}
+    )
     white = result.curve("white-box")["accuracy"]
     assert white == pytest.approx([result.clean_accuracy] * 3)  # the attack did nothing
     assert result.curve("black-box")["accuracy"][-1] < white[-1] - 0.2
@@ -48,9 +50,8 @@ def test_transfer_matrix_flags_the_masked_model(
     masked_model: nn.Module, surrogate_model: nn.Module, test_batch
 ) -> None:
     x, y = test_batch
-    matrix = transfer_matrix(
-        {"masked": masked_model, "plain": surrogate_model}, x, y, get_attack("fgsm", eps=0.3)
-    )
+    models = {"masked": masked_model, "plain": surrogate_model}
+    matrix = transfer_matrix(models, x, y, TransferRequest(get_attack("fgsm", eps=0.3)))
     flags = [f for f in matrix.flags if f["code"] == "black-box-beats-white-box"]
     assert [f["details"]["target"] for f in flags] == ["masked"]
 

@@ -296,6 +296,9 @@ def run_robustness(args: argparse.Namespace) -> int:
 
     from robustlab.data.stream import take
     from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
+    from robustlab.evaluation.outputs import OutputRequest
+    from robustlab.evaluation.records import EvaluatedImages
+    from robustlab.evaluation.robustness import CurveRequest
     from robustlab.reporting import build_report
 
     attack, epsilons = build_attack(args)
@@ -324,21 +327,24 @@ def run_robustness(args: argparse.Namespace) -> int:
     kept = range(min(len(y), max(args.save_adversarials, 8 * args.examples)))
     shown = ", ".join(f"{eps:.4g}" for eps in epsilons)
     print(f"{attack.name} on {target.name}: {len(y)} {args.split} images, eps {shown}")
+    request = CurveRequest(
+        attack,
+        tuple(epsilons),
+        target_name=target.name,
+        noise=args.noise,
+        worst_case=not args.per_eps,
+        batch_size=args.batch_size,
+        keep_examples=tuple(kept),
+        unbounded_check=not args.no_unbounded_check,
+        seed=args.seed,
+    )
     result = robustness_curves(
         target.model,
         x,
         y,
-        attack,
-        epsilons,
-        surrogates={s.name: s.model for s in surrogates},
-        noise=args.noise,
-        target_name=target.name,
-        target_labels=target_labels,
-        worst_case=not args.per_eps,
-        batch_size=args.batch_size,
-        keep=kept,
-        unbounded_check=not args.no_unbounded_check,
-        seed=args.seed,
+        request,
+        surrogate_models={s.name: s.model for s in surrogates},
+        target_classes=target_labels,
     )
     result.settings |= {
         "run_dir": str(args.run_dir),
@@ -350,20 +356,15 @@ def run_robustness(args: argparse.Namespace) -> int:
     }
     for run in [target, *surrogates]:
         result.models[run.name] |= {"run_dir": str(run.path), "arch": run.model.spec.arch}
-    write_robustness_outputs(
-        out,
-        result,
-        target.model,
-        x,
-        y,
-        predict_logits(target.model, x, args.batch_size),
-        classes,
-        indices=indices,
+    clean_logits = predict_logits(target.model, x, args.batch_size)
+    outputs = OutputRequest(
         examples=args.examples,
-        save=args.save_adversarials,
+        adversarials=args.save_adversarials,
         show_filter=target_labels is not None,
         batch_size=args.batch_size,
     )
+    images = EvaluatedImages(x, y, clean_logits, classes, indices)
+    write_robustness_outputs(out, result, target.model, images, outputs)
     report = build_report(out)
     _print_curves(result.to_dict())
     print(f"wrote {out} (open {report})")
@@ -386,7 +387,7 @@ def _print_curves(data: dict[str, Any]) -> None:
 def run_transfer(args: argparse.Namespace) -> int:
     """The N x N transfer matrix on the first run's split, as JSON, heat map and report."""
     from robustlab.data.stream import take
-    from robustlab.evaluation import transfer_matrix
+    from robustlab.evaluation import TransferRequest, transfer_matrix
     from robustlab.io import write_json
     from robustlab.reporting import build_report
     from robustlab.reporting.results import TRANSFER_FILE
@@ -404,14 +405,8 @@ def run_transfer(args: argparse.Namespace) -> int:
     x, y = take(imageset.images, slice(args.limit)), imageset.labels[: args.limit]
     out = args.out or args.transfer[0] / "transfer" / attack.name
     print(f"{attack.name} at eps {epsilons[0]:.4g}: {len(runs)} models, {len(y)} images")
-    matrix = transfer_matrix(
-        {run.name: run.model for run in runs},
-        x,
-        y,
-        attack,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    request = TransferRequest(attack, batch_size=args.batch_size, seed=args.seed)
+    matrix = transfer_matrix({run.name: run.model for run in runs}, x, y, request)
     matrix.settings |= {
         "runs": {run.name: str(run.path) for run in runs},
         "split": args.split,

@@ -7,18 +7,26 @@ from robustlab.evaluation.accuracy import (
     predict_logits,
     require_eval_mode,
 )
-from robustlab.evaluation.adversarials import load_png, quantise, save_adversarials
-from robustlab.evaluation.outputs import write_examples, write_robustness_outputs
+from robustlab.evaluation.adversarials import (
+    AdversarialSet,
+    load_png,
+    quantise,
+    save_adversarials,
+)
+from robustlab.evaluation.outputs import OutputRequest, write_examples, write_robustness_outputs
 from robustlab.evaluation.records import (
     RECORD_FIELDS,
+    EvaluatedImages,
     min_eps_from_grid,
     records_summary,
     sample_records,
     write_records_csv,
 )
 from robustlab.evaluation.robustness import (
+    CurveRequest,
     CurvesResult,
     Outcome,
+    ScoreRequest,
     check_compatible,
     check_epsilons,
     noise_attack_for,
@@ -27,20 +35,33 @@ from robustlab.evaluation.robustness import (
 )
 from robustlab.evaluation.sanity import (
     Flag,
+    SanityFlags,
     curve_flags,
     gradient_flags,
     output_flags,
     sanity_flags,
     unbounded_attack_flags,
 )
-from robustlab.evaluation.transfer import TransferMatrix, transfer_flags, transfer_matrix
+from robustlab.evaluation.transfer import (
+    TransferMatrix,
+    TransferRequest,
+    transfer_flags,
+    transfer_matrix,
+)
 
 __all__ = [
     "RECORD_FIELDS",
+    "AdversarialSet",
+    "CurveRequest",
     "CurvesResult",
+    "EvaluatedImages",
     "Flag",
     "Outcome",
+    "OutputRequest",
+    "SanityFlags",
+    "ScoreRequest",
     "TransferMatrix",
+    "TransferRequest",
     "check_compatible",
     "check_epsilons",
     "clean_metrics",

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,73 +57,63 @@ def load_png(path: str | os.PathLike[str], channels: int) -> torch.Tensor:
     return torch.from_numpy(array[None] if channels == 1 else np.moveaxis(array, -1, 0).copy())
 
 
+@dataclass(frozen=True)
+class AdversarialSet:
+    """Adversarial images beside their originals, as ``save_adversarials`` writes them."""
+
+    x: torch.Tensor  # (N, C, H, W) float32 in [0, 1], the originals
+    x_adv: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    y: torch.Tensor  # (N,) true labels
+    classes: Sequence[str]  # class names, index = label
+    indices: torch.Tensor | None = None  # (N,) positions in the evaluated split; None: 0..N-1
+    eps: float | None = None  # the budget they were crafted with (pixel units)
+
+    def __post_init__(self) -> None:
+        if self.x.shape != self.x_adv.shape or len(self.x) != len(self.y):
+            raise ValueError(
+                f"shape mismatch: x {tuple(self.x.shape)}, x_adv {tuple(self.x_adv.shape)}, "
+                f"y {tuple(self.y.shape)}"
+            )
+
+    def positions(self) -> torch.Tensor:
+        """``(N,)`` int64 positions in the evaluated split."""
+        return torch.arange(len(self.x)) if self.indices is None else self.indices.long()
+
+
 def save_adversarials(
     out_dir: str | os.PathLike[str],
     model: nn.Module,
-    x: torch.Tensor,
-    x_adv: torch.Tensor,
-    y: torch.Tensor,
-    classes: Sequence[str],
-    *,
-    indices: torch.Tensor | None = None,
-    eps: float | None = None,
+    adversarials: AdversarialSet,
     batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> dict[str, Any]:
     """Write ``adversarials.safetensors``, ``png/<index>.png`` and ``adversarials.json``.
 
-    ``x``/``x_adv``: ``(N, C, H, W)`` float32 in [0, 1]; ``y``: ``(N,)`` true labels;
-    ``indices``: ``(N,)`` positions in the evaluated split. Returns the JSON summary: counts of
-    images misclassified as floats and after the PNG round trip, and one entry per image.
+    Returns the JSON summary: counts of images misclassified by ``model`` as floats and after
+    the PNG round trip, and one entry per image.
     """
-    if x.shape != x_adv.shape or len(x) != len(y):
-        raise ValueError(
-            f"shape mismatch: x {tuple(x.shape)}, x_adv {tuple(x_adv.shape)}, y {tuple(y.shape)}"
-        )
     out_dir = Path(out_dir)
-    indices = torch.arange(len(x)) if indices is None else indices.long()
-    # clone: safetensors refuses tensors that share memory (x_adv may be x where nothing changed)
-    tensors = {
-        "original": x.detach().cpu().float().clone(),
-        "adversarial": x_adv.detach().cpu().float().clone(),
-        "labels": y.cpu().long().clone(),
-        "indices": indices.cpu().clone(),
-    }
-    metadata = {"eps": json.dumps(eps), "classes": json.dumps(list(classes))}
-    write_bytes(out_dir / "adversarials.safetensors", safetensors_save(tensors, metadata=metadata))
-
-    names = [f"png/{int(index):05d}.png" for index in indices]
-    for name, image in zip(names, x_adv, strict=True):
+    _write_tensors(out_dir / "adversarials.safetensors", adversarials)
+    names = [f"png/{int(index):05d}.png" for index in adversarials.positions()]
+    for name, image in zip(names, adversarials.x_adv, strict=True):
         write_bytes(out_dir / name, png_bytes(image))
-    reloaded = torch.stack([load_png(out_dir / name, x.shape[1]) for name in names])
-
-    pred_float = predict_logits(model, x_adv, batch_size).argmax(1)
+    channels = adversarials.x.shape[1]
+    reloaded = torch.stack([load_png(out_dir / name, channels) for name in names])
+    pred_float = predict_logits(model, adversarials.x_adv, batch_size).argmax(1)
     pred_png = predict_logits(model, reloaded, batch_size).argmax(1)
-    y = y.cpu()
-    images = [
-        {
-            "index": int(indices[k]),
-            "label": int(y[k]),
-            "png": names[k],
-            "pred_float": int(pred_float[k]),
-            "pred_png": int(pred_png[k]),
-            "adversarial_float": bool(pred_float[k] != y[k]),
-            "adversarial_png": bool(pred_png[k] != y[k]),
-        }
-        for k in range(len(x))
-    ]
+    images = _image_entries(adversarials, names, pred_float, pred_png)
     n_float = sum(image["adversarial_float"] for image in images)
     n_png = sum(image["adversarial_png"] for image in images)
     lost = sum(image["adversarial_float"] and not image["adversarial_png"] for image in images)
     summary = {
         "format": ADVERSARIALS_FORMAT,
         "format_version": 1,
-        "eps": eps,
+        "eps": adversarials.eps,
         "n": len(images),
         "adversarial_float": n_float,
         "adversarial_png": n_png,
         "lost_by_quantisation": lost,
         "safetensors": "adversarials.safetensors",
-        "classes": list(classes),
+        "classes": list(adversarials.classes),
         "images": images,
     }
     write_json(out_dir / "adversarials.json", summary)
@@ -133,3 +124,41 @@ def save_adversarials(
             n_float,
         )
     return summary
+
+
+def _write_tensors(path: Path, adversarials: AdversarialSet) -> None:
+    """The exact float tensors, labels and positions, with eps and classes as metadata."""
+    # clone: safetensors refuses tensors that share memory (x_adv may be x where nothing changed)
+    tensors = {
+        "original": adversarials.x.detach().cpu().float().clone(),
+        "adversarial": adversarials.x_adv.detach().cpu().float().clone(),
+        "labels": adversarials.y.cpu().long().clone(),
+        "indices": adversarials.positions().cpu().clone(),
+    }
+    metadata = {
+        "eps": json.dumps(adversarials.eps),
+        "classes": json.dumps(list(adversarials.classes)),
+    }
+    write_bytes(path, safetensors_save(tensors, metadata=metadata))
+
+
+def _image_entries(
+    adversarials: AdversarialSet,
+    names: Sequence[str],
+    pred_float: torch.Tensor,
+    pred_png: torch.Tensor,
+) -> list[dict[str, Any]]:
+    """One JSON entry per image: its PNG and whether it is adversarial before and after it."""
+    y, indices = adversarials.y.cpu(), adversarials.positions()
+    return [
+        {
+            "index": int(indices[k]),
+            "label": int(y[k]),
+            "png": names[k],
+            "pred_float": int(pred_float[k]),
+            "pred_png": int(pred_png[k]),
+            "adversarial_float": bool(pred_float[k] != y[k]),
+            "adversarial_png": bool(pred_png[k] != y[k]),
+        }
+        for k in range(len(y))
+    ]

@@ -13,6 +13,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,24 +46,29 @@ def min_eps_from_grid(
     return found if clean_correct is None else torch.where(clean_correct, found, 0.0)
 
 
-def sample_records(
-    outcome: Outcome,
-    clean_logits: torch.Tensor,
-    y: torch.Tensor,
-    classes: Sequence[str],
-    indices: torch.Tensor | None = None,
-) -> list[dict[str, Any]]:
-    """Rows (dicts with ``RECORD_FIELDS``) for every image and epsilon of ``outcome``.
+@dataclass(frozen=True)
+class EvaluatedImages:
+    """The images an evaluation ran on, and what the target model made of them clean."""
 
-    ``clean_logits``: ``(N, K)`` target logits on the clean images; ``indices``: ``(N,)``
-    positions of the images in their split (default ``0..N-1``).
-    """
-    clean_probs = clean_logits.float().softmax(dim=1)
-    clean_conf, clean_pred = clean_probs.max(dim=1)
+    x: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    y: torch.Tensor  # (N,) int64 true labels
+    clean_logits: torch.Tensor  # (N, K) the target model's logits on x
+    classes: Sequence[str]  # class names, index = label
+    indices: torch.Tensor | None = None  # (N,) positions in their split; None: 0..N-1
+
+    def clean_probs(self) -> torch.Tensor:
+        """``(N, K)`` the target's softmax on the clean images."""
+        return self.clean_logits.float().softmax(dim=1)
+
+
+def sample_records(outcome: Outcome, images: EvaluatedImages) -> list[dict[str, Any]]:
+    """Rows (dicts with ``RECORD_FIELDS``) for every image and epsilon of ``outcome``."""
+    y, classes = images.y, images.classes
+    clean_conf, clean_pred = images.clean_probs().max(dim=1)
     min_eps = outcome.min_eps
     if min_eps is None:
         min_eps = min_eps_from_grid(outcome, y, clean_pred == y)
-    indices = torch.arange(len(y)) if indices is None else indices
+    indices = torch.arange(len(y)) if images.indices is None else images.indices
     rows = []
     for e, eps in enumerate(outcome.epsilons):
         for k in range(len(y)):

@@ -1,7 +1,7 @@
 """Robustness curves: target accuracy vs epsilon under white-box, black-box and noise perturbations.
 
-``robustness_curves(target, x, y, attack, epsilons, surrogates={...}, noise=True)`` gives the
-leaf study's three-curve figure in one call:
+``robustness_curves(target_model, x, y, CurveRequest(attack, epsilons), surrogate_models={...})``
+gives the leaf study's three-curve figure in one call:
 
 * white-box: adversarials crafted on the target itself;
 * black-box: adversarials crafted on each surrogate model and scored on the target;
@@ -19,23 +19,17 @@ import dataclasses
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from robustlab.attacks import Attack, as_logits_model, get_attack, sweep
+from robustlab.attacks import Attack, SweepResult, as_logits_model, get_attack, sweep
 from robustlab.errors import UserError
 from robustlab.evaluation.accuracy import model_device, predict_logits, require_eval_mode
 from robustlab.evaluation.grade import evaluation_grade
-from robustlab.evaluation.sanity import (
-    Flag,
-    curve_flags,
-    gradient_flags,
-    output_flags,
-    unbounded_attack_flags,
-)
+from robustlab.evaluation.sanity import flags_to_json, sanity_flags
 from robustlab.reporting.results import CURVES_FORMAT
 
 log = logging.getLogger(__name__)
@@ -129,104 +123,134 @@ class Outcome:
     def accuracy(self, y: torch.Tensor) -> list[float]:
         return self.correct(y).float().mean(dim=1).tolist()
 
+    @classmethod
+    def concat(cls, parts: Sequence[Outcome]) -> Outcome:
+        """Join per-batch outcomes along the image axis (examples keep their global index)."""
+        min_eps = [part.min_eps for part in parts]
+        stages = [part.stage for part in parts]
+        return cls(
+            epsilons=parts[0].epsilons,
+            pred=torch.cat([part.pred for part in parts], dim=1),
+            conf=torch.cat([part.conf for part in parts], dim=1),
+            l2=torch.cat([part.l2 for part in parts], dim=1),
+            linf=torch.cat([part.linf for part in parts], dim=1),
+            min_eps=None if any(m is None for m in min_eps) else torch.cat(min_eps),  # type: ignore[arg-type]
+            stage=None if any(s is None for s in stages) else torch.cat(stages, dim=1),  # type: ignore[arg-type]
+            examples={i: e for part in parts for i, e in part.examples.items()},
+            example_probs={i: p for part in parts for i, p in part.example_probs.items()},
+        )
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One perturbation source for ``score_perturbations``: an attack over epsilons.
+
+    ``worst_case``: see ``robustlab.attacks.sweep`` (each image's strongest adversarial over
+    every epsilon up to the current one, judged on the crafting model); False crafts a
+    full-strength adversarial at every epsilon. ``keep_examples``: image indices whose
+    perturbed images (and target probabilities) the ``Outcome`` keeps.
+    """
+
+    attack: Attack
+    epsilons: tuple[float, ...]
+    worst_case: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    keep_examples: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilons", tuple(self.epsilons))
+        object.__setattr__(self, "keep_examples", tuple(sorted(set(self.keep_examples))))
+
 
 def score_perturbations(
-    target: nn.Module,
+    target_model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    attack: Attack,
-    epsilons: Sequence[float],
+    request: ScoreRequest,
     *,
-    source: nn.Module | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    keep: Iterable[int] = (),
-    target_labels: torch.Tensor | None = None,
-    worst_case: bool = False,
+    crafting_model: nn.Module | None = None,
+    target_classes: torch.Tensor | None = None,
 ) -> Outcome:
-    """Craft ``attack`` at each epsilon on ``source`` (default: the target) and score on ``target``.
+    """Craft ``request.attack`` on ``crafting_model`` (default: the target) and score on the target.
 
-    ``x``: ``(N, C, H, W)`` in [0, 1]; ``y``: ``(N,)`` true labels; ``target_labels``: ``(N,)``
-    classes for a targeted attack. ``worst_case``: see ``robustlab.attacks.sweep`` (each image's
-    strongest adversarial over every epsilon up to the current one, judged on ``source``);
-    False crafts a full-strength adversarial at every epsilon. Runs batch by batch so memory
-    stays at one batch times ``E`` epsilons; only the images in ``keep`` are returned.
+    ``x``: ``(N, C, H, W)`` in [0, 1]; ``y``: ``(N,)`` true labels; ``target_classes``: ``(N,)``
+    classes for a targeted attack. Runs batch by batch so memory stays at one batch times
+    ``E`` epsilons; only the images in ``request.keep_examples`` are returned.
     """
-    epsilons = list(epsilons)
-    crafter = target if source is None else source
-    require_eval_mode(target, "target model")
-    require_eval_mode(crafter, "surrogate model")
-    score = as_logits_model(target)
-    crafter_device, target_device = model_device(crafter), model_device(target)
-    keep = sorted(set(keep))
-    preds, confs, l2s, linfs = [], [], [], []
-    min_eps: list[torch.Tensor | None] = []
-    stages: list[torch.Tensor | None] = []
-    examples: dict[int, torch.Tensor] = {}
-    example_probs: dict[int, torch.Tensor] = {}
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
-        yb = y[start : start + batch_size]
-        tb = (
-            None
-            if target_labels is None
-            else target_labels[start : start + batch_size].to(crafter_device)
-        )
+    crafting_model = target_model if crafting_model is None else crafting_model
+    require_eval_mode(target_model, "target model")
+    require_eval_mode(crafting_model, "surrogate model")
+    scorer = _Scorer(as_logits_model(target_model), model_device(target_model), request)
+    crafting_device = model_device(crafting_model)
+    parts = []
+    for start in range(0, len(x), request.batch_size):
+        batch = slice(start, start + request.batch_size)
+        xb = x[batch]  # read once: x may be streamed from disk
         result = sweep(
-            attack,
-            crafter,
-            xb.to(crafter_device),
-            yb.to(crafter_device),
-            epsilons,
-            target=tb,
+            request.attack,
+            crafting_model,
+            xb.to(crafting_device),
+            y[batch].to(crafting_device),
+            list(request.epsilons),
+            target=None if target_classes is None else target_classes[batch].to(crafting_device),
             keep_adversarials=True,
-            worst_case=worst_case,
+            worst_case=request.worst_case,
         )
-        min_eps.append(None if result.min_eps is None else result.min_eps.detach().float().cpu())
-        stages.append(None if result.stage is None else result.stage.cpu())
-        batch_pred, batch_conf, batch_l2, batch_linf = [], [], [], []
-        for e, adversarial in enumerate(result.adversarials):
+        parts.append(scorer.score(xb, start, result))
+    return Outcome.concat(parts)
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """Scores one batch's adversarials (every epsilon) on the target model."""
+
+    logits: nn.Module  # the target, returning plain logits
+    device: torch.device  # the target's
+    request: ScoreRequest
+
+    def score(self, xb: torch.Tensor, start: int, result: SweepResult) -> Outcome:
+        """The ``Outcome`` of images ``start .. start + len(xb)`` (examples by global index)."""
+        wanted = [i for i in self.request.keep_examples if start <= i < start + len(xb)]
+        preds, confs, l2s, linfs = [], [], [], []  # one (B,) tensor per epsilon
+        examples: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
+        example_probs: dict[int, list[torch.Tensor]] = {i: [] for i in wanted}
+        for adversarial in result.adversarials or []:
             adversarial = adversarial.detach()
             with torch.no_grad():
-                probs = score(adversarial.to(target_device)).float().softmax(dim=1).cpu()
+                probs = self.logits(adversarial.to(self.device)).float().softmax(dim=1).cpu()
             conf, pred = probs.max(dim=1)
             delta = (adversarial.cpu() - xb).flatten(1)
-            batch_pred.append(pred)
-            batch_conf.append(conf)
-            batch_l2.append(delta.norm(dim=1))
-            batch_linf.append(delta.abs().amax(dim=1))
-            for index in keep:
-                if start <= index < start + len(xb):
-                    examples.setdefault(index, torch.empty(len(epsilons), *xb.shape[1:]))
-                    example_probs.setdefault(index, torch.empty(len(epsilons), probs.shape[1]))
-                    examples[index][e] = adversarial[index - start].cpu()
-                    example_probs[index][e] = probs[index - start]
-        preds.append(torch.stack(batch_pred))
-        confs.append(torch.stack(batch_conf))
-        l2s.append(torch.stack(batch_l2))
-        linfs.append(torch.stack(batch_linf))
-    return Outcome(
-        epsilons=epsilons,
-        pred=torch.cat(preds, dim=1),
-        conf=torch.cat(confs, dim=1),
-        l2=torch.cat(l2s, dim=1),
-        linf=torch.cat(linfs, dim=1),
-        min_eps=None if any(m is None for m in min_eps) else torch.cat(min_eps),
-        stage=None if any(s is None for s in stages) else torch.cat(stages, dim=1),  # type: ignore[misc]
-        examples=examples,
-        example_probs=example_probs,
-    )
+            preds.append(pred)
+            confs.append(conf)
+            l2s.append(delta.norm(dim=1))
+            linfs.append(delta.abs().amax(dim=1))
+            for index in wanted:
+                examples[index].append(adversarial[index - start].cpu())
+                example_probs[index].append(probs[index - start])
+        return Outcome(
+            epsilons=list(self.request.epsilons),
+            pred=torch.stack(preds),
+            conf=torch.stack(confs),
+            l2=torch.stack(l2s),
+            linf=torch.stack(linfs),
+            min_eps=None if result.min_eps is None else result.min_eps.detach().float().cpu(),
+            stage=None if result.stage is None else result.stage.cpu(),
+            examples={i: torch.stack(images) for i, images in examples.items()},
+            example_probs={i: torch.stack(probs) for i, probs in example_probs.items()},
+        )
 
 
 @dataclass
 class CurvesResult:
     """Accuracy-vs-epsilon curves for one target; ``to_dict()`` is what ``curves.json`` holds.
 
-    ``curves``: list of ``{"label", "kind" ('white-box' | 'black-box' | 'noise'), "source"
-    (model that crafted the perturbation, None for noise), "accuracy" (one fraction per epsilon)}``.
-    ``outcomes`` (per-sample tensors, by curve label) is kept in memory only.
+    ``target``: the target model's name. ``curves``: list of ``{"label", "kind" ('white-box' |
+    'black-box' | 'noise'), "source" (name of the model that crafted the perturbation, None for
+    noise), "accuracy" (one fraction per epsilon)}``. ``outcomes`` (per-sample tensors, by
+    curve label) is kept in memory only.
     """
 
-    target: str
+    target: str  # the target model's name (the key curves.json has always used)
     attack: dict[str, Any]
     epsilons: list[float]
     n: int
@@ -263,6 +287,16 @@ class CurvesResult:
                 return curve
         raise KeyError(f"no {kind} curve{'' if source is None else f' from {source}'}")
 
+    def add_curve(
+        self, label: str, kind: str, source: str | None, outcome: Outcome, y: torch.Tensor
+    ) -> None:
+        """Append the curve of ``outcome`` (scored against true labels ``y``) and keep it."""
+        self.curves.append(
+            {"label": label, "kind": kind, "source": source, "accuracy": outcome.accuracy(y)}
+        )
+        self.outcomes[label] = outcome
+        log.info("%s: %s", label, ", ".join(f"{a:.3f}" for a in self.curves[-1]["accuracy"]))
+
 
 def noise_attack_for(attack: Attack, seed: int = 0) -> Attack | None:
     """Random noise with the same budget as ``attack`` (sign noise for L-inf); None if there is none.
@@ -278,113 +312,144 @@ def noise_attack_for(attack: Attack, seed: int = 0) -> Attack | None:
     return get_attack(name, eps=attack.eps, seed=seed)
 
 
-def _eps0_accuracy(
-    target: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: Attack, batch_size: int
-) -> float:
-    """Accuracy under the attack run on every image with a zero budget (must equal clean)."""
-    return score_perturbations(target, x, y, attack, [0.0], batch_size=batch_size).accuracy(y)[0]
+@dataclass(frozen=True)
+class CurveRequest:
+    """What ``robustness_curves`` measures, validated once when it is made.
+
+    ``attack`` over ``epsilons`` (pixel units; checked, sorted ascending, deduplicated).
+    ``target_name``: the target's name in the result. ``noise``: True for the matching noise
+    baseline (``noise_attack_for``), False for none, or an explicit noise ``Attack``.
+    ``worst_case`` (white-box curve only): an image counts as broken at eps once any budget
+    up to eps broke it, as foolbox and AutoAttack report; False attacks afresh at every eps,
+    as the leaf study did (such a curve can rise). ``keep_examples``: image indices whose
+    perturbed images are kept in ``CurvesResult.outcomes`` (for figures). ``sanity``: run the
+    sanity checks (``unbounded_check``: PGD at eps = 1, the costly one) and store the flags.
+    ``seed``: seed of the noise baseline and of the global RNG while measuring (restored after).
+    """
+
+    attack: Attack
+    epsilons: tuple[float, ...]
+    target_name: str = "target"
+    noise: bool | Attack = True
+    worst_case: bool = True
+    batch_size: int = DEFAULT_BATCH_SIZE
+    keep_examples: tuple[int, ...] = ()
+    sanity: bool = True
+    unbounded_check: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "epsilons", tuple(check_epsilons(self.epsilons, self.attack)))
+        object.__setattr__(self, "keep_examples", tuple(self.keep_examples))
+
+    def score_request(self) -> ScoreRequest:
+        """The black-box request (fresh full-strength attack per eps); ``replace`` for others."""
+        return ScoreRequest(
+            self.attack, self.epsilons, batch_size=self.batch_size, keep_examples=self.keep_examples
+        )
+
+    def noise_attack(self) -> Attack | None:
+        if isinstance(self.noise, Attack):
+            return self.noise
+        return noise_attack_for(self.attack, self.seed) if self.noise else None
+
+    def settings(self, noise_attack: Attack | None, targeted: bool) -> dict[str, Any]:
+        """The ``settings`` entry of ``curves.json``."""
+        return {
+            "worst_case": self.worst_case,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "noise": None if noise_attack is None else attack_settings(noise_attack),
+            "targeted": targeted,
+        }
 
 
 def robustness_curves(
-    target: nn.Module,
+    target_model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    attack: Attack,
-    epsilons: Iterable[float],
+    request: CurveRequest,
     *,
-    surrogates: Mapping[str, nn.Module] | None = None,
-    noise: bool | Attack = True,
-    target_name: str = "target",
-    target_labels: torch.Tensor | None = None,
-    worst_case: bool = True,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    keep: Iterable[int] = (),
-    sanity: bool = True,
-    unbounded_check: bool = True,
-    seed: int = 0,
+    surrogate_models: Mapping[str, nn.Module] | None = None,
+    target_classes: torch.Tensor | None = None,
 ) -> CurvesResult:
-    """Accuracy of ``target`` vs epsilon: white-box, one black-box curve per surrogate, and noise.
+    """Accuracy of ``target_model`` vs epsilon: white-box, one black-box curve per surrogate, noise.
 
-    ``x``: ``(N, C, H, W)`` float32 in [0, 1]; ``y``: ``(N,)`` int64; ``epsilons`` in pixel
-    units. ``surrogates``: name -> model (same classes and input size as the target).
-    ``noise``: True for the matching noise baseline, or an explicit noise ``Attack``.
-    ``target_labels``: ``(N,)`` classes for a targeted attack. ``worst_case`` (white-box
-    curve only): an image counts as broken at eps once any budget up to eps broke it, as
-    foolbox and AutoAttack report; False attacks afresh at every eps, as the leaf study did
-    (such a curve can rise). Black-box and noise curves always craft afresh per eps, at full
-    strength. ``keep``: image indices whose perturbed images are kept in ``outcomes`` (for
-    figures). ``sanity``: run the model probes (``unbounded_check``: PGD at eps = 1, the costly
-    one) and the curve checks, and store the flags. ``seed``: seed of the noise baseline; the
-    global RNG is restored afterwards.
+    ``x``: ``(N, C, H, W)`` float32 in [0, 1]; ``y``: ``(N,)`` int64. ``surrogate_models``:
+    name -> model (same classes and input size as the target). ``target_classes``: ``(N,)``
+    classes for a targeted attack (white-box and black-box curves). Black-box and noise curves
+    always craft afresh per eps, at full strength. The global RNG is restored afterwards.
     """
-    epsilons = check_epsilons(epsilons, attack)
-    surrogates = dict(surrogates or {})
-    if target_name in surrogates:
-        raise UserError(f"surrogate name '{target_name}' is also the target's name")
-    check_compatible({target_name: target, **surrogates}, x)
-    keep = list(keep)
+    surrogate_models = dict(surrogate_models or {})
+    if request.target_name in surrogate_models:
+        raise UserError(f"surrogate name '{request.target_name}' is also the target's name")
+    check_compatible({request.target_name: target_model, **surrogate_models}, x)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        clean_logits = predict_logits(target, x, batch_size)
-        clean_accuracy = float((clean_logits.argmax(1) == y).float().mean())
-        models = {target_name: {"role": "target", "clean_accuracy": clean_accuracy}}
-        curves, outcomes = [], {}
+        torch.manual_seed(request.seed)
+        result = _measure_curves(target_model, x, y, request, surrogate_models, target_classes)
+        if request.sanity:
+            flags = sanity_flags(
+                target_model,
+                x,
+                y,
+                result.to_dict(),
+                unbounded=request.unbounded_check,
+                batch_size=request.batch_size,
+            )
+            result.flags = flags_to_json(flags)
+            result.unbounded_accuracy = flags.unbounded_accuracy
+    return result
 
-        def add(label: str, kind: str, source: str | None, outcome: Outcome) -> None:
-            curves.append(
-                {"label": label, "kind": kind, "source": source, "accuracy": outcome.accuracy(y)}
-            )
-            outcomes[label] = outcome
-            log.info("%s: %s", label, ", ".join(f"{a:.3f}" for a in curves[-1]["accuracy"]))
 
-        common = {"batch_size": batch_size, "keep": keep, "target_labels": target_labels}
-        white = score_perturbations(target, x, y, attack, epsilons, worst_case=worst_case, **common)
-        add(f"white-box {attack.name} on {target_name}", "white-box", target_name, white)
-        for name, surrogate in surrogates.items():
-            accuracy = predict_logits(surrogate, x, batch_size).argmax(1) == y
-            models[name] = {"role": "surrogate", "clean_accuracy": float(accuracy.float().mean())}
-            outcome = score_perturbations(
-                target, x, y, attack, epsilons, source=surrogate, **common
-            )
-            add(f"black-box {attack.name} from {name}", "black-box", name, outcome)
-        if isinstance(noise, Attack):
-            noise_attack: Attack | None = noise
-        else:
-            noise_attack = noise_attack_for(attack, seed) if noise else None
-        if noise_attack is not None:
-            outcome = score_perturbations(
-                target, x, y, noise_attack, epsilons, batch_size=batch_size, keep=keep
-            )
-            add(f"{noise_attack.name} (random)", "noise", None, outcome)
-        result = CurvesResult(
-            target=target_name,
-            attack=attack_settings(attack),
-            epsilons=epsilons,
-            n=len(x),
-            clean_accuracy=clean_accuracy,
-            curves=curves,
-            models=models,
-            eps0_accuracy=_eps0_accuracy(target, x, y, attack, batch_size),
-            settings={
-                "worst_case": worst_case,
-                "batch_size": batch_size,
-                "seed": seed,
-                "noise": None if noise_attack is None else attack_settings(noise_attack),
-                "targeted": target_labels is not None,
-            },
-            outcomes=outcomes,
-            evaluation=evaluation_grade(attack, white.stage, clean_logits.shape[1]),
+def _measure_curves(
+    target_model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    request: CurveRequest,
+    surrogate_models: Mapping[str, nn.Module],
+    target_classes: torch.Tensor | None,
+) -> CurvesResult:
+    """The curves of ``robustness_curves`` without the sanity checks, in its RNG order."""
+    clean_logits = predict_logits(target_model, x, request.batch_size)
+    clean_accuracy = float((clean_logits.argmax(1) == y).float().mean())
+    target_name, attack = request.target_name, request.attack
+    result = CurvesResult(
+        target=target_name,
+        attack=attack_settings(attack),
+        epsilons=list(request.epsilons),
+        n=len(x),
+        clean_accuracy=clean_accuracy,
+        curves=[],
+        models={target_name: {"role": "target", "clean_accuracy": clean_accuracy}},
+    )
+    black_box = request.score_request()
+    white_box = replace(black_box, worst_case=request.worst_case)
+    white = score_perturbations(target_model, x, y, white_box, target_classes=target_classes)
+    label = f"white-box {attack.name} on {target_name}"
+    result.add_curve(label, "white-box", target_name, white, y)
+    for surrogate_name, surrogate_model in surrogate_models.items():
+        accuracy = predict_logits(surrogate_model, x, request.batch_size).argmax(1) == y
+        result.models[surrogate_name] = {
+            "role": "surrogate",
+            "clean_accuracy": float(accuracy.float().mean()),
+        }
+        outcome = score_perturbations(
+            target_model,
+            x,
+            y,
+            black_box,
+            crafting_model=surrogate_model,
+            target_classes=target_classes,
         )
-        if sanity:
-            flags: list[Flag] = output_flags(target, x, batch_size=batch_size)
-            flags += gradient_flags(target, x, y, batch_size=batch_size)
-            if unbounded_check:
-                more, result.unbounded_accuracy = unbounded_attack_flags(
-                    target, x, y, batch_size=batch_size
-                )
-                flags += more
-            flags += curve_flags(result.to_dict())
-            for flag in flags:
-                log.warning("sanity flag %s: %s", flag.code, flag.message)
-            result.flags = [flag.to_dict() for flag in flags]
+        label = f"black-box {attack.name} from {surrogate_name}"
+        result.add_curve(label, "black-box", surrogate_name, outcome, y)
+    noise_attack = request.noise_attack()
+    if noise_attack is not None:
+        outcome = score_perturbations(target_model, x, y, replace(black_box, attack=noise_attack))
+        result.add_curve(f"{noise_attack.name} (random)", "noise", None, outcome, y)
+    # the attack with a zero budget on every image: must equal clean accuracy (a sanity check)
+    at_zero = ScoreRequest(attack, (0.0,), batch_size=request.batch_size)
+    result.eps0_accuracy = score_perturbations(target_model, x, y, at_zero).accuracy(y)[0]
+    result.settings = request.settings(noise_attack, targeted=target_classes is not None)
+    result.evaluation = evaluation_grade(attack, white.stage, clean_logits.shape[1])
     return result

@@ -71,80 +71,89 @@ def curve_flags(
     ``rise_tolerance`` and ``beat_tolerance`` are accuracy differences (fractions) below which
     nothing is flagged; the noise curve also gets two binomial standard errors of slack.
     """
-    flags: list[Flag] = []
     n = int(curves["n"])
     epsilons = [float(e) for e in curves["epsilons"]]
-    clean = curves.get("clean_accuracy")
-    eps0 = curves.get("eps0_accuracy")
-    if clean is not None and eps0 is not None and abs(eps0 - clean) > 0.5 / max(n, 1):
-        flags.append(
-            Flag(
-                "eps0-mismatch",
-                "error",
-                f"accuracy under the attack at eps=0 is {eps0:.2%} but clean accuracy is {clean:.2%}: "
-                "the attack changes images it should leave alone (or the model is random)",
-                {"eps0_accuracy": eps0, "clean_accuracy": clean},
-            )
-        )
+    flags = _eps0_flags(curves.get("clean_accuracy"), curves.get("eps0_accuracy"), n)
     for curve in curves["curves"]:
-        accuracy = curve["accuracy"]
-        tolerance = _tolerance(rise_tolerance, n)
-        for i in range(1, len(accuracy)):
-            before, after = accuracy[i - 1], accuracy[i]
-            if before is None or after is None:
-                continue
-            slack = tolerance
-            if curve["kind"] == "noise":
-                p = min(max(before, 0.0), 1.0)
-                slack = max(slack, 2 * math.sqrt(2 * p * (1 - p) / max(n, 1)))
-            if after - before > slack:
-                flags.append(
-                    Flag(
-                        "curve-rises",
-                        "warning",
-                        f"{curve['label']}: accuracy rises from {before:.2%} at eps={epsilons[i - 1]:.4g} "
-                        f"to {after:.2%} at eps={epsilons[i]:.4g}; a stronger budget should never help "
-                        "the model (weak or overshooting attack)",
-                        {
-                            "curve": curve["label"],
-                            "eps": [epsilons[i - 1], epsilons[i]],
-                            "accuracy": [before, after],
-                        },
-                    )
-                )
-                break  # one flag per curve is enough to send the reader to the figure
+        flags += _rise_flags(curve, epsilons, _tolerance(rise_tolerance, n), n)
     white = next((c for c in curves["curves"] if c["kind"] == "white-box"), None)
     if white is None:
         return flags
     for curve in curves["curves"]:
-        if curve["kind"] not in ("black-box", "noise"):
-            continue
-        tolerance = _tolerance(beat_tolerance, n)
-        for eps, ours, theirs in zip(epsilons, white["accuracy"], curve["accuracy"], strict=True):
-            if ours is not None and theirs is not None and ours - theirs > tolerance:
-                what = (
-                    "a black-box transfer attack"
-                    if curve["kind"] == "black-box"
-                    else "random noise"
-                )
-                flags.append(
-                    Flag(
-                        f"{curve['kind']}-beats-white-box",
-                        "error",
-                        f"{what} ({curve['label']}) leaves {theirs:.2%} accuracy at eps={eps:.4g}, "
-                        f"below the white-box attack's {ours:.2%}: the white-box attack is failing "
-                        "(possible gradient masking)",
-                        {
-                            "curve": curve["label"],
-                            "eps": eps,
-                            "white_box": ours,
-                            "other": theirs,
-                            "remedy": REMEDY_MASKED,
-                        },
-                    )
-                )
-                break
+        if curve["kind"] in ("black-box", "noise"):
+            flags += _beat_flags(white, curve, epsilons, _tolerance(beat_tolerance, n))
     return flags
+
+
+def _eps0_flags(clean: float | None, eps0: float | None, n: int) -> list[Flag]:
+    """Accuracy under the attack at eps = 0 must be the clean accuracy (to half an image)."""
+    if clean is None or eps0 is None or not abs(eps0 - clean) > 0.5 / max(n, 1):
+        return []
+    message = (
+        f"accuracy under the attack at eps=0 is {eps0:.2%} but clean accuracy is {clean:.2%}: "
+        "the attack changes images it should leave alone (or the model is random)"
+    )
+    details = {"eps0_accuracy": eps0, "clean_accuracy": clean}
+    return [Flag("eps0-mismatch", "error", message, details)]
+
+
+def _rise_flags(
+    curve: Mapping[str, Any], epsilons: Sequence[float], tolerance: float, n: int
+) -> list[Flag]:
+    """The first step where ``curve``'s accuracy rises by more than ``tolerance``.
+
+    One flag per curve is enough to send the reader to the figure.
+    """
+    accuracy = curve["accuracy"]
+    for i in range(1, len(accuracy)):
+        before, after = accuracy[i - 1], accuracy[i]
+        if before is None or after is None:
+            continue
+        slack = tolerance
+        if curve["kind"] == "noise":
+            p = min(max(before, 0.0), 1.0)
+            slack = max(slack, 2 * math.sqrt(2 * p * (1 - p) / max(n, 1)))
+        if after - before > slack:
+            message = (
+                f"{curve['label']}: accuracy rises from {before:.2%} at eps={epsilons[i - 1]:.4g} "
+                f"to {after:.2%} at eps={epsilons[i]:.4g}; a stronger budget should never help "
+                "the model (weak or overshooting attack)"
+            )
+            details = {
+                "curve": curve["label"],
+                "eps": [epsilons[i - 1], epsilons[i]],
+                "accuracy": [before, after],
+            }
+            return [Flag("curve-rises", "warning", message, details)]
+    return []
+
+
+def _beat_flags(
+    white: Mapping[str, Any],
+    other: Mapping[str, Any],
+    epsilons: Sequence[float],
+    tolerance: float,
+) -> list[Flag]:
+    """The first epsilon where a black-box or noise curve is below the white-box curve."""
+    pairs = zip(epsilons, white["accuracy"], other["accuracy"], strict=True)
+    for eps, ours, theirs in pairs:
+        if ours is None or theirs is None or not ours - theirs > tolerance:
+            continue
+        what = "a black-box transfer attack" if other["kind"] == "black-box" else "random noise"
+        message = (
+            f"{what} ({other['label']}) leaves {theirs:.2%} accuracy at eps={eps:.4g}, "
+            f"below the white-box attack's {ours:.2%}: the white-box attack is failing "
+            "(possible gradient masking)"
+        )
+        details = {
+            "curve": other["label"],
+            "eps": eps,
+            "white_box": ours,
+            "other": theirs,
+            "remedy": REMEDY_MASKED,
+        }
+        return [Flag(f"{other['kind']}-beats-white-box", "error", message, details)]
+    return []
 
 
 @torch.no_grad()
@@ -262,6 +271,12 @@ def unbounded_attack_flags(
     return flags, accuracy
 
 
+class SanityFlags(list[Flag]):
+    """The flags ``sanity_flags`` found, and the accuracy its unbounded PGD probe left."""
+
+    unbounded_accuracy: float | None = None  # None when the probe was skipped
+
+
 def sanity_flags(
     model: nn.Module,
     x: torch.Tensor,
@@ -270,17 +285,18 @@ def sanity_flags(
     *,
     unbounded: bool = True,
     batch_size: int = 128,
-) -> list[Flag]:
+) -> SanityFlags:
     """All checks: model probes on ``x``/``y`` plus, when given, the checks on ``curves``.
 
     Refuses (``UserError``) a model in train mode. ``unbounded=False`` skips the PGD run, the
     one costly probe (``steps`` forward+backward passes over ``x``).
     """
     require_eval_mode(model)
-    flags = output_flags(model, x, batch_size=batch_size)
+    flags = SanityFlags(output_flags(model, x, batch_size=batch_size))
     flags += gradient_flags(model, x, y, batch_size=batch_size)
     if unbounded:
-        flags += unbounded_attack_flags(model, x, y, batch_size=batch_size)[0]
+        more, flags.unbounded_accuracy = unbounded_attack_flags(model, x, y, batch_size=batch_size)
+        flags += more
     if curves is not None:
         flags += curve_flags(curves)
     for flag in flags:

@@ -64,38 +64,51 @@ def transfer_flags(matrix: TransferMatrix, tolerance: float = 0.02) -> list[Flag
     """Flag every target whose best black-box entry is below its white-box (diagonal) entry."""
     flags = []
     slack = max(tolerance, 1.0 / max(matrix.n, 1)) + 1e-9
-    for j, target in enumerate(matrix.models):
+    for j, target_name in enumerate(matrix.models):
         white = matrix.accuracy[j][j]
         column = [
-            (matrix.accuracy[i][j], source) for i, source in enumerate(matrix.models) if i != j
+            (matrix.accuracy[i][j], surrogate_name)
+            for i, surrogate_name in enumerate(matrix.models)
+            if i != j
         ]
         if not column:
             continue
-        best, source = min(column)
+        best, surrogate_name = min(column)
         if white - best > slack:
             flags.append(
                 Flag(
                     "black-box-beats-white-box",
                     "error",
-                    f"adversarials from '{source}' leave '{target}' at {best:.2%} accuracy, below its "
-                    f"white-box {white:.2%}: the white-box attack on '{target}' is failing "
-                    "(possible gradient masking)",
-                    {"target": target, "surrogate": source, "white_box": white, "black_box": best},
+                    f"adversarials from '{surrogate_name}' leave '{target_name}' at {best:.2%} "
+                    f"accuracy, below its white-box {white:.2%}: the white-box attack on "
+                    f"'{target_name}' is failing (possible gradient masking)",
+                    {
+                        "target": target_name,
+                        "surrogate": surrogate_name,
+                        "white_box": white,
+                        "black_box": best,
+                    },
                 )
             )
     return flags
 
 
+@dataclass(frozen=True)
+class TransferRequest:
+    """What ``transfer_matrix`` measures: ``attack`` at its own ``attack.eps``.
+
+    ``seed`` seeds the global RNG while attacking (restored afterwards).
+    """
+
+    attack: Attack
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+
+
 def transfer_matrix(
-    models: Mapping[str, nn.Module],
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attack: Attack,
-    *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
+    models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, request: TransferRequest
 ) -> TransferMatrix:
-    """The N x N accuracy table for ``attack`` at its own ``attack.eps``.
+    """The N x N accuracy table for ``request.attack``.
 
     ``models``: name -> model in eval mode, all sharing classes and input size (checked);
     ``x``: ``(N, C, H, W)`` float32 in [0, 1]; ``y``: ``(N,)`` int64. Cost: one attack per model
@@ -104,34 +117,43 @@ def transfer_matrix(
     if len(models) < 2:
         raise UserError(f"a transfer matrix needs at least 2 models, got {len(models)}")
     check_compatible(models, x)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(request.seed)
+        correct = _transfer_counts(models, x, y, request)
+    clean = {
+        name: float((predict_logits(model, x, request.batch_size).argmax(1) == y).float().mean())
+        for name, model in models.items()
+    }
+    matrix = TransferMatrix(
+        models=list(models),
+        attack=attack_settings(request.attack),
+        eps=float(request.attack.eps),
+        n=len(x),
+        accuracy=(correct.double() / len(x)).tolist(),
+        clean_accuracy=clean,
+        settings={"batch_size": request.batch_size, "seed": request.seed},
+    )
+    matrix.flags = [flag.to_dict() for flag in transfer_flags(matrix)]
+    return matrix
+
+
+def _transfer_counts(
+    models: Mapping[str, nn.Module], x: torch.Tensor, y: torch.Tensor, request: TransferRequest
+) -> torch.Tensor:
+    """``(M, M)`` int64: ``[i, j]`` images model ``j`` still gets right when model ``i`` crafted."""
     names = list(models)
     scorers = {name: as_logits_model(model) for name, model in models.items()}
     devices = {name: model_device(model) for name, model in models.items()}
     correct = torch.zeros(len(names), len(names), dtype=torch.long)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i, source in enumerate(names):
-            for start in range(0, len(x), batch_size):
-                xb = x[start : start + batch_size].to(devices[source])
-                yb = y[start : start + batch_size]
-                adversarial = attack(models[source], xb, yb.to(devices[source])).detach()
-                with torch.no_grad():
-                    for j, target in enumerate(names):
-                        pred = scorers[target](adversarial.to(devices[target])).argmax(1).cpu()
-                        correct[i, j] += int((pred == yb).sum())
-            log.info("adversarials from %s scored on every model", source)
-    clean = {
-        name: float((predict_logits(model, x, batch_size).argmax(1) == y).float().mean())
-        for name, model in models.items()
-    }
-    matrix = TransferMatrix(
-        models=names,
-        attack=attack_settings(attack),
-        eps=float(attack.eps),
-        n=len(x),
-        accuracy=(correct.double() / len(x)).tolist(),
-        clean_accuracy=clean,
-        settings={"batch_size": batch_size, "seed": seed},
-    )
-    matrix.flags = [flag.to_dict() for flag in transfer_flags(matrix)]
-    return matrix
+    for i, surrogate_name in enumerate(names):
+        device = devices[surrogate_name]
+        for start in range(0, len(x), request.batch_size):
+            xb = x[start : start + request.batch_size].to(device)
+            yb = y[start : start + request.batch_size]
+            adversarial = request.attack(models[surrogate_name], xb, yb.to(device)).detach()
+            with torch.no_grad():
+                for j, target_name in enumerate(names):
+                    logits = scorers[target_name](adversarial.to(devices[target_name]))
+                    correct[i, j] += int((logits.argmax(1).cpu() == yb).sum())
+        log.info("adversarials from %s scored on every model", surrogate_name)
+    return correct

@@ -25,15 +25,8 @@ from typing import Any
 
 from robustlab.errors import UserError
 from robustlab.io import read_json
+from robustlab.reporting import html
 from robustlab.reporting.grade import grade_section
-from robustlab.reporting.html import (
-    Figure,
-    ReportSpec,
-    Section,
-    Table,
-    render_report,
-    settings_table,
-)
 from robustlab.reporting.plots import plot_confusion, plot_curves, plot_transfer_heatmap
 from robustlab.schemas import (
     AdversarialsFile,
@@ -99,29 +92,29 @@ def _eps_label(eps: float) -> str:
     return f"{eps:.4g} ({eps * 255:.3g}/255)"
 
 
-def run_section(config: Mapping[str, Any]) -> Section:
+def run_section(config: Mapping[str, Any]) -> html.Section:
     """The trained run: model and data specs and the training metrics."""
-    tables = [settings_table(config.get("model", {}), "Model")]
-    tables.append(settings_table(config.get("data", {}), "Data"))
+    tables = [html.settings_table(config.get("model", {}), "Model")]
+    tables.append(html.settings_table(config.get("data", {}), "Data"))
     if config.get("metrics"):
-        tables.append(settings_table(config["metrics"], "Training result"))
+        tables.append(html.settings_table(config["metrics"], "Training result"))
     if config.get("defence"):
-        tables.append(settings_table(config["defence"], "Defence"))
+        tables.append(html.settings_table(config["defence"], "Defence"))
     classes = ", ".join(map(str, config.get("classes", [])))
-    return Section(id="run", title="Run", text=f"Classes: {classes}", tables=tables)
+    return html.Section(id="run", title="Run", text=f"Classes: {classes}", tables=tables)
 
 
 def metrics_section(
     data: Mapping[str, Any], directory: Path, root: Path, section_id: str
-) -> Section:
+) -> html.Section:
     """Clean accuracy per split and per class, and the confusion matrix of each split."""
     splits = data.get("splits", {})
     rows = [[name, s["n"], s["accuracy"]] for name, s in splits.items()]
-    tables = [Table(["split", "images", "accuracy"], rows, "Clean accuracy")]
+    tables = [html.Table(["split", "images", "accuracy"], rows, "Clean accuracy")]
     figures = []
     for name, split in splits.items():
         tables.append(
-            Table(
+            html.Table(
                 ["class", "images", "correct", "accuracy"],
                 [[c["class"], c["n"], c["correct"], c["accuracy"]] for c in split["per_class"]],
                 f"Per-class accuracy ({name})",
@@ -131,13 +124,13 @@ def metrics_section(
             split["confusion"], split["classes"], directory / "figures" / f"confusion_{name}.png"
         )
         figures.append(
-            Figure(
+            html.Figure(
                 _relative(path, root), f"Confusion matrix ({name}): rows true, columns predicted"
             )
         )
-    tables.append(settings_table(data.get("settings", {})))
+    tables.append(html.settings_table(data.get("settings", {})))
     model = data.get("model", {}).get("arch", "model")
-    return Section(
+    return html.Section(
         id=section_id,
         title=f"Clean accuracy ({model})",
         tables=tables,
@@ -146,28 +139,28 @@ def metrics_section(
     )
 
 
-def _curves_tables(data: Mapping[str, Any]) -> list[Table]:
+def _curves_tables(data: Mapping[str, Any]) -> list[html.Table]:
     models = [
         [name, info.get("role", ""), info.get("clean_accuracy")]
         for name, info in data["models"].items()
     ]
-    tables = [Table(["model", "role", "clean accuracy"], models, "Models")]
+    tables = [html.Table(["model", "role", "clean accuracy"], models, "Models")]
     columns = ["ε", "ε (/255)", *[c["label"] for c in data["curves"]]]
     rows = [
         [eps, eps * 255, *[c["accuracy"][i] for c in data["curves"]]]
         for i, eps in enumerate(data["epsilons"])
     ]
-    tables.append(Table(columns, rows, "Accuracy vs ε"))
+    tables.append(html.Table(columns, rows, "Accuracy vs ε"))
     checks = [
         ["accuracy at ε = 0 (should equal clean)", data.get("eps0_accuracy")],
         ["clean accuracy", data.get("clean_accuracy")],
         ["accuracy under PGD with ε = 1 (should be ~0)", data.get("unbounded_accuracy")],
     ]
-    tables.append(Table(["check", "value"], checks, "Sanity measurements"))
+    tables.append(html.Table(["check", "value"], checks, "Sanity measurements"))
     return tables
 
 
-def _records_table(summary: Mapping[str, Any]) -> Table:
+def _records_table(summary: Mapping[str, Any]) -> html.Table:
     rows = [
         [
             _eps_label(p["eps"]),
@@ -187,10 +180,10 @@ def _records_table(summary: Mapping[str, Any]) -> Table:
     )
     columns = ["ε", "images", "accuracy", "success rate", "mean adv. confidence",
                "median ‖δ‖₂", "max ‖δ‖∞"]  # fmt: skip
-    return Table(columns, rows, caption)
+    return html.Table(columns, rows, caption)
 
 
-def _adversarials_table(data: Mapping[str, Any]) -> Table:
+def _adversarials_table(data: Mapping[str, Any]) -> html.Table:
     rows = [
         [
             data["n"],
@@ -201,7 +194,7 @@ def _adversarials_table(data: Mapping[str, Any]) -> Table:
     ]
     eps = data.get("eps")
     caption = "Saved adversarials" + ("" if eps is None else f" at ε = {_eps_label(eps)}")
-    return Table(
+    return html.Table(
         ["saved", "adversarial (float)", "adversarial after 8-bit PNG", "undone by PNG"],
         rows,
         caption,
@@ -210,11 +203,11 @@ def _adversarials_table(data: Mapping[str, Any]) -> Table:
 
 def curves_section(
     data: Mapping[str, Any], directory: Path, root: Path, section_id: str
-) -> Section:
+) -> html.Section:
     """Robustness curves with their flags, records, saved adversarials and examples."""
     figure = plot_curves(data, directory / CURVES_FIGURE)
     figures = [
-        Figure(_relative(figure, root), "Accuracy vs ε (fraction of the pixel range and /255)")
+        html.Figure(_relative(figure, root), "Accuracy vs ε (fraction of the pixel range and /255)")
     ]
     tables = _curves_tables(data)
     if (directory / RECORDS_SUMMARY_FILE).is_file():
@@ -232,15 +225,15 @@ def curves_section(
     )
     for example in (examples or {}).get("figures", []):
         figure_path = inside(directory / example["path"], root, str(directory / EXAMPLES_FILE))
-        figures.append(Figure(_relative(figure_path, root), example.get("caption", "")))
-    tables.append(settings_table({"attack": data["attack"], **data.get("settings", {})}))
+        figures.append(html.Figure(_relative(figure_path, root), example.get("caption", "")))
+    tables.append(html.settings_table({"attack": data["attack"], **data.get("settings", {})}))
     attack = data["attack"].get("name", "attack")
     text = (
         f"Target {data['target']}, {data['n']} images, attack {attack} "
         f"({data['attack'].get('norm', '?')}). Accuracy counts every image, so clean mistakes are errors. "
         f"Results in {_relative(directory, root) if directory != root else '.'}."
     )
-    return Section(
+    return html.Section(
         id=section_id,
         title=f"Robustness: {attack} on {data['target']}",
         text=text,
@@ -252,32 +245,32 @@ def curves_section(
 
 def transfer_section(
     data: Mapping[str, Any], directory: Path, root: Path, section_id: str
-) -> Section:
+) -> html.Section:
     """The N x N transfer matrix as a table and a heat map."""
     figure = plot_transfer_heatmap(data, directory / TRANSFER_FIGURE)
     names = data["models"]
     rows = [[f"from {source}", *data["accuracy"][i]] for i, source in enumerate(names)]
     rows.append(["clean", *[data["clean_accuracy"][name] for name in names]])
-    table = Table(
+    table = html.Table(
         ["surrogate \\ target", *names], rows, f"Accuracy at ε = {_eps_label(data['eps'])}"
     )
-    return Section(
+    return html.Section(
         id=section_id,
         title=f"Transfer matrix: {data['attack'].get('name', 'attack')}",
         text="Rows: the model the adversarials were crafted on; columns: the model scored. "
         "The diagonal is the white-box attack.",
-        tables=[table, settings_table({"attack": data["attack"], **data.get("settings", {})})],
-        figures=[Figure(_relative(figure, root), "Transfer heat map")],
+        tables=[table, html.settings_table({"attack": data["attack"], **data.get("settings", {})})],
+        figures=[html.Figure(_relative(figure, root), "Transfer heat map")],
         flags=data.get("flags", []),
     )
 
 
-def build_report_spec(path: str | os.PathLike[str]) -> ReportSpec:
+def build_report_spec(path: str | os.PathLike[str]) -> html.ReportSpec:
     """Collect every result file under ``path`` into a ``ReportSpec`` (figures are redrawn)."""
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"not a directory: {root}")
-    sections: list[Section] = []
+    sections: list[html.Section] = []
     used: set[str] = set()
 
     def unique(base: str) -> str:
@@ -317,7 +310,7 @@ def build_report_spec(path: str | os.PathLike[str]) -> ReportSpec:
         sections.insert(0, run_section(config))
     if (grade := grade_section(graded)) is not None:  # first: how far to trust what follows
         sections.insert(0, grade)
-    return ReportSpec(
+    return html.ReportSpec(
         title=f"robustlab report: {root.resolve().name}",
         subtitle=str(root.resolve()),
         sections=sections,
@@ -326,6 +319,6 @@ def build_report_spec(path: str | os.PathLike[str]) -> ReportSpec:
 
 def build_report(path: str | os.PathLike[str], *, embed_images: bool = True) -> Path:
     """Rebuild ``path/report.html`` from the result files below ``path``; returns its path."""
-    return render_report(
+    return html.render_report(
         path, build_report_spec(path), embed_images=embed_images, filename=REPORT_FILE
     )

@@ -172,39 +172,32 @@ def curves_step(
 
     def run(ctx: StepContext) -> dict[str, Any]:
         from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
+        from robustlab.evaluation.outputs import OutputRequest
+        from robustlab.evaluation.records import EvaluatedImages
+        from robustlab.evaluation.robustness import CurveRequest
 
         x, y = test_images(ctx, data, curves.limit)
         model = load_model(ctx, target_model)
         surrogates = {name: load_model(ctx, name) for name in curves.surrogates or []}
-        kept_images = range(min(len(x), max(16, curves.examples)))  # per-sample records
-        result = robustness_curves(
-            model,
-            x,
-            y,
+        keep_examples = range(min(len(x), max(16, curves.examples)))
+        request = CurveRequest(
             curves.attack.build(eps=max(curves.eps)),
-            curves.eps,
-            surrogates=surrogates,
-            noise=curves.noise,
+            tuple(curves.eps),
             target_name=target_model,
+            noise=curves.noise,
             batch_size=batch_size,
-            keep=kept_images,
+            keep_examples=tuple(keep_examples),
             sanity=curves.sanity,
             unbounded_check=curves.unbounded_check,
             seed=ctx.seed,
         )
+        result = robustness_curves(model, x, y, request, surrogate_models=surrogates)
         clean_logits = predict_logits(model, x, batch_size)
-        write_robustness_outputs(
-            ctx.dir,
-            result,
-            model,
-            x,
-            y,
-            clean_logits,
-            splits_for(ctx, data).classes,
-            examples=curves.examples,
-            save=len(kept_images),
-            batch_size=batch_size,
+        images = EvaluatedImages(x, y, clean_logits, splits_for(ctx, data).classes)
+        outputs = OutputRequest(
+            examples=curves.examples, adversarials=len(keep_examples), batch_size=batch_size
         )
+        write_robustness_outputs(ctx.dir, result, model, images, outputs)
         return curves_summary(result.to_dict(), curves.attack.display)
 
     title = f"attack {curves.name} on {target_model}"
@@ -266,17 +259,15 @@ def transfer_step(
     """The N x N transfer matrix over ``models`` at one epsilon."""
 
     def run(ctx: StepContext) -> dict[str, Any]:
-        from robustlab.evaluation import transfer_matrix
+        from robustlab.evaluation import TransferRequest, transfer_matrix
         from robustlab.reporting.results import TRANSFER_FILE
 
         x, y = test_images(ctx, data, transfer.limit)
+        request = TransferRequest(
+            transfer.attack.build(eps=transfer.eps), batch_size=batch_size, seed=ctx.seed
+        )
         matrix = transfer_matrix(
-            {name: load_model(ctx, name) for name in models},
-            x,
-            y,
-            transfer.attack.build(eps=transfer.eps),
-            batch_size=batch_size,
-            seed=ctx.seed,
+            {name: load_model(ctx, name) for name in models}, x, y, request
         ).to_dict()
         write_json(ctx.dir / TRANSFER_FILE, matrix)
         return {
