@@ -32,6 +32,15 @@ def refuse_target(name: str, target: Tensor | None) -> None:
         )
 
 
+def clean_logits(view: ModelView, x: Tensor, name: str, target: Tensor | None) -> Tensor:
+    """Logits of the clean images (checking the labels against the model first), after
+    refusing a caller's target: the start of every attack that picks its own targets."""
+    with torch.no_grad():
+        clean = view(x)
+    refuse_target(name, target)
+    return clean
+
+
 def targeted_dlr_loss(logits: Tensor, y: Tensor, aim: Tensor) -> Tensor:
     """Targeted DLR per sample ``(B,)``: high when the target ``aim`` beats the label ``y``."""
     ordered = logits.sort(dim=1, descending=True).values
@@ -80,9 +89,7 @@ class APGDTargeted(APGD):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            clean = view(x)  # checks the labels against the model first
-        refuse_target(self.name, target)
+        clean = clean_logits(view, x, self.name, target)
         self.check_classes(clean.shape[1])
         ranked = clean.argsort(dim=1, descending=True)
         out, pred = x.clone(), clean.argmax(1)
