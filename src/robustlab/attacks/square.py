@@ -104,20 +104,25 @@ class Square(BatchedAttack):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
-        stripes = _random_signs((x.shape[0], x.shape[1], 1, x.shape[3]), x, generator)
         with torch.no_grad():
-            best = (x + eps * stripes).clamp_(0.0, 1.0)
-            search = _Search(self, view, x, y, target, eps, best)
+            search = _Search(self, view, x, y, target, eps, self._first(x, eps, generator))
             for query in range(1, self.queries):
                 if not search.narrow():
                     break
-                fraction = square_fraction(self.p_init, query, self.queries)
-                mask, value = self._square(search.x, search.eps, fraction, generator)
-                # the window is x +- eps (inside the ball), the rest is the best point so far
-                current = search.best[search.todo]
-                candidate = torch.where(mask, (search.x + value).clamp_(0.0, 1.0), current)
-                search.offer(candidate, (candidate != current).flatten(1).any(1))
+                self._query(search, square_fraction(self.p_init, query, self.queries), generator)
         return search.best, search.pred
+
+    def _first(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The start: vertical stripes of +-eps, one sign per column and channel."""
+        stripes = _random_signs((x.shape[0], x.shape[1], 1, x.shape[3]), x, generator)
+        return (x + eps * stripes).clamp_(0.0, 1.0)
+
+    def _query(self, search: _Search, fraction: float, generator: torch.Generator | None) -> None:
+        """One query per standing image: its best point with one square set to x +- eps."""
+        mask, value = self._square(search.x, search.eps, fraction, generator)
+        current = search.best[search.todo]
+        candidate = torch.where(mask, (search.x + value).clamp_(0.0, 1.0), current)
+        search.offer(candidate, (candidate != current).flatten(1).any(1))
 
 
 class _Search:
@@ -217,16 +222,8 @@ class SquareL2(Square):
 
     eps: float = 0.5
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
-    ) -> tuple[Tensor, Tensor]:
+    def _first(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The start: a grid of pseudo-Gaussian squares, random signs, on the eps sphere."""
         batch, channels, height, width = x.shape
         side = max(min(height, width) // 5, 1)
         start = x.new_zeros(x.shape)
@@ -236,20 +233,15 @@ class SquareL2(Square):
                 start[:, :, top : top + side, left : left + side] += (
                     _pseudo_gaussian(side, x, False) * signs
                 )
-        with torch.no_grad():
-            search = _Search(self, view, x, y, target, eps, _on_sphere(x, start, eps))
-            for query in range(1, self.queries):
-                if not search.narrow():
-                    break
-                fraction = square_fraction(self.p_init, query, self.queries)
-                size = max(round(math.sqrt(fraction * height * width)), 3)
-                size = min(size + (size % 2 == 0), min(height, width))
-                current = search.best[search.todo]
-                candidate = self._move_mass(
-                    search.x, current - search.x, search.eps, size, generator
-                )
-                search.offer(candidate, None)
-        return search.best, search.pred
+        return _on_sphere(x, start, eps)
+
+    def _query(self, search: _Search, fraction: float, generator: torch.Generator | None) -> None:
+        height, width = search.x.shape[2:]
+        size = max(round(math.sqrt(fraction * height * width)), 3)
+        size = min(size + (size % 2 == 0), min(height, width))
+        current = search.best[search.todo]
+        candidate = self._move_mass(search.x, current - search.x, search.eps, size, generator)
+        search.offer(candidate, None)
 
     def _move_mass(
         self, x: Tensor, delta: Tensor, eps: Tensor, size: int, generator: torch.Generator | None
