@@ -195,46 +195,93 @@ def _project_by_bisection(t, w, b):
     return torch.stack(moves)
 
 
-def test_fab_matches_reference(batch):
-    """Targeted FAB, Linf, as AutoAttack's FAB-T, with a bisection projection (float64)."""
+def _fab_step(x1, x0, w, b, alpha_max=0.1, eta=1.05):
+    """One FAB move of ``x1`` onto the hyperplane ``w.z = b``, biased towards ``x0``."""
+    d1 = _project_by_bisection(x1.flatten(1), w, b).view_as(x1)
+    d2 = _project_by_bisection(x0.flatten(1), w, b).view_as(x1)
+    a1 = d1.flatten(1).abs().amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
+    a2 = d2.flatten(1).abs().amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
+    alpha = (a1 / (a1 + a2)).clamp(0, alpha_max)
+    return ((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(0, 1)
+
+
+def _reference_fab_run(model, x0, y0, steps, boundary, beta=0.9):
+    """One FAB run from the clean image; ``boundary(x1) -> (w, diff)`` linearises it."""
+    best, best_norm = x0.clone(), torch.full((len(y0),), math.inf, dtype=x0.dtype)
+    x1 = x0.clone()
+    for _ in range(steps):
+        w, diff = boundary(x1)
+        x1 = _fab_step(x1, x0, w, -diff + (w * x1.flatten(1)).sum(1))
+        with torch.no_grad():
+            fooled = model(x1).argmax(1) != y0
+        norms = (x1 - x0).flatten(1).abs().amax(1)
+        better = fooled & (norms < best_norm)
+        best[better], best_norm[better] = x1[better], norms[better]
+        x1[fooled] = x0[fooled] + (x1[fooled] - x0[fooled]) * beta
+    return best, best_norm
+
+
+def _fab_case(batch):
     model = make_model(classes=6).double()
     x = batch[0].double()[:6]
     with torch.no_grad():
         clean = model(x)
+    return model, x, clean
+
+
+def test_fab_matches_reference(batch):
+    """Targeted FAB, Linf, as AutoAttack's FAB-T, with a bisection projection (float64)."""
+    model, x, clean = _fab_case(batch)
     y = clean.argmax(1)
-    eps, steps, top_k, alpha_max, eta, beta = 0.05, 8, 2, 0.1, 1.05, 0.9
+    eps, steps, top_k = 0.05, 8, 2
     best, best_norm = x.clone(), torch.full((6,), math.inf, dtype=x.dtype)
     ranked = clean.argsort(1, descending=True)
     for rank in range(1, top_k + 1):
         todo = (best_norm > eps).nonzero().squeeze(1)
         if not todo.numel():
             break
-        x0, y0, aim = x[todo], y[todo], ranked[todo, rank]
-        x1 = x0.clone()
-        for _ in range(steps):
+        y0, aim = y[todo], ranked[todo, rank]
+
+        def boundary(x1, y0=y0, aim=aim):
             grad, _, diff = _value_and_grad(
                 model,
                 x1,
-                lambda z, y0=y0, aim=aim: (
-                    z.gather(1, aim[:, None])[:, 0] - z.gather(1, y0[:, None])[:, 0]
-                ),
+                lambda z: z.gather(1, aim[:, None])[:, 0] - z.gather(1, y0[:, None])[:, 0],
             )
-            w = grad.flatten(1)
-            b = -diff + (w * x1.flatten(1)).sum(1)
-            d1 = _project_by_bisection(x1.flatten(1), w, b).view_as(x1)
-            d2 = _project_by_bisection(x0.flatten(1), w, b).view_as(x1)
-            a1 = d1.flatten(1).abs().amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
-            a2 = d2.flatten(1).abs().amax(1).clamp_min(1e-8).view(-1, 1, 1, 1)
-            alpha = (a1 / (a1 + a2)).clamp(0, alpha_max)
-            x1 = ((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha).clamp(0, 1)
-            with torch.no_grad():
-                fooled = model(x1).argmax(1) != y0
-            norms = (x1 - x0).flatten(1).abs().amax(1)
-            better = fooled & (norms < best_norm[todo])
-            best[todo[better]], best_norm[todo[better]] = x1[better], norms[better]
-            x1[fooled] = x0[fooled] + (x1[fooled] - x0[fooled]) * beta
+            return grad.flatten(1), diff
+
+        found, norms = _reference_fab_run(model, x[todo], y0, steps, boundary)
+        better = norms < best_norm[todo]
+        best[todo[better]], best_norm[todo[better]] = found[better], norms[better]
     fab = get_attack("fab", eps=eps, steps=steps, top_k=top_k)
     found, min_eps = fab.minimize(model, x, y)
+    torch.testing.assert_close(min_eps, best_norm, atol=1e-9, rtol=0)
+    torch.testing.assert_close(found, best, atol=1e-9, rtol=0)
+
+
+def test_untargeted_fab_matches_reference(batch):
+    """Untargeted FAB (Croce & Hein 2020, as AutoAttack's 'fab'): each step aims at the class
+    whose linearised boundary is closest in Linf, from a Jacobian taken one sample at a time."""
+    model, x, clean = _fab_case(batch)
+    y = clean.argmax(1)
+
+    def boundary(x1):
+        rows = []
+        for xi, yi in zip(x1, y, strict=True):
+            jac = torch.autograd.functional.jacobian(lambda z: model(z[None])[0], xi).flatten(1)
+            with torch.no_grad():
+                z = model(xi[None])[0]
+            diffs, slopes = z - z[yi], jac - jac[yi]
+            distance = diffs.abs() / (slopes.abs().sum(1) + 1e-12)
+            distance[yi] = math.inf
+            k = int(distance.argmin())
+            rows.append((slopes[k], diffs[k]))
+        return torch.stack([w for w, _ in rows]), torch.stack([d for _, d in rows])
+
+    best, best_norm = _reference_fab_run(model, x, y, 8, boundary)
+    fab = get_attack("fab", eps=0.05, steps=8, targeted=False)
+    found, min_eps = fab.minimize(model, x, y)
+    assert torch.isfinite(best_norm).any()  # the reference found adversarials to compare
     torch.testing.assert_close(min_eps, best_norm, atol=1e-9, rtol=0)
     torch.testing.assert_close(found, best, atol=1e-9, rtol=0)
 
@@ -360,3 +407,23 @@ def test_autoattack_on_a_two_class_model_skips_apgd_t_and_says_so(batch):
     assert after[1]["robust_accuracy"] == after[0]["robust_accuracy"]  # APGD-T did not run
     assert after[-1]["robust_accuracy"] == result.accuracy()
     assert evaluation_grade(get_attack("autoattack"), classes=10)["standard_autoattack"]
+
+
+def test_autoattack_plus_runs_the_reference_members_in_order(model, batch):
+    """AA+ as the reference package: untargeted FAB after APGD-DLR, then the targeted pair."""
+    from robustlab.attacks import sweep
+    from robustlab.evaluation.grade import evaluation_grade
+
+    x, y = batch
+    attack = get_attack("autoattack", version="plus", eps=0.05, steps=3, queries=10, top_k=2)
+    names = ["APGD-CE", "APGD-DLR", "FAB", "Square", "APGD-T", "FAB-T"]
+    assert attack.stage_names() == names
+    fab = dict(attack.members())["FAB"]
+    assert not fab.targeted and fab.restarts == 5
+    result = sweep(attack, model, x, y, [0.05], keep_adversarials=True)
+    grade = evaluation_grade(attack, result.stage)
+    assert not grade["standard_autoattack"]
+    after = [row["robust_accuracy"][0] for row in grade["robust_after"]]
+    assert after == sorted(after, reverse=True)  # a cascade never gains robust points
+    assert after[-1] == result.accuracy()[0]
+    assert (result.adversarials[0] - x).abs().max() <= 0.05 + 1e-6

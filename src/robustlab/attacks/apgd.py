@@ -35,6 +35,34 @@ MOMENTUM = 0.75  # weight of the new projected step; the rest is the previous mo
 _TINY = 1e-12
 
 
+# (x_adv, pred, fooled, loss) per sample: what a run returns and restarts improve on
+Outcome = tuple[Tensor, Tensor, Tensor, Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """The samples an APGD run attacks (rows align): clean images, labels, the caller's
+    target (success means predicting it), the class the loss aims at (APGD-T), radii."""
+
+    x: Tensor  # (A, C, H, W)
+    y: Tensor  # (A,)
+    target: Tensor | None  # (A,)
+    aim: Tensor | None  # (A,)
+    eps: Tensor  # (A, 1, 1, 1)
+
+    def select(self, rows: Tensor) -> Problem:
+        values = (self.x, self.y, self.target, self.aim, self.eps)
+        return Problem(*(None if v is None else v[rows] for v in values))
+
+
+def merge(outcome: Outcome, todo: Tensor, again: Outcome) -> None:
+    """Take the rows of a later run (on ``todo``) that fooled, or reached a higher loss."""
+    keep = again[2] | (again[3] > outcome[3][todo])
+    better = todo[keep]
+    for mine, theirs in zip(outcome, again, strict=True):
+        mine[better] = theirs[keep]
+
+
 @dataclasses.dataclass
 class _Ascent:
     """Per-sample state of the samples an APGD run is still working on (rows align)."""
@@ -128,53 +156,34 @@ class APGD(BatchedAttack):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
-        return self._restart(view, x, y, target, None, eps, generator, stop_on_success)[:2]
+        problem = Problem(x, y, target, None, eps)
+        return self._restart(view, problem, generator, stop_on_success)[:2]
 
     def _restart(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        aim: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self, view: ModelView, problem: Problem, generator: torch.Generator | None, stop: bool
+    ) -> Outcome:
         """``restarts`` runs; returns ``(x_adv, pred, fooled, loss)`` per sample."""
-        out, pred, fooled, loss = self._ascend(view, x, y, target, aim, eps, generator, stop)
+        outcome = self._ascend(view, problem, generator, stop)
         for _ in range(self.restarts - 1):
-            todo = (~fooled).nonzero().squeeze(1)
+            todo = (~outcome[2]).nonzero().squeeze(1)
             if not todo.numel():
                 break
-            sub_t = None if target is None else target[todo]
-            sub_aim = None if aim is None else aim[todo]
-            again = self._ascend(view, x[todo], y[todo], sub_t, sub_aim, eps[todo], generator, stop)
-            keep = again[2] | (again[3] > loss[todo])  # fooled now, or a higher loss
-            better = todo[keep]
-            out[better], pred[better], fooled[better], loss[better] = (v[keep] for v in again)
-        return out, pred, fooled, loss
+            merge(outcome, todo, self._ascend(view, problem.select(todo), generator, stop))
+        return outcome
 
     def _ascend(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        aim: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        self, view: ModelView, problem: Problem, generator: torch.Generator | None, stop: bool
+    ) -> Outcome:
         """One run from one random start; ``(x_adv, pred, fooled, loss)`` per sample.
 
         A fooled sample returns its fooling iterate (with ``stop``: the first, and it leaves
         the batch; else the last, as the reference), the others their highest-loss iterate.
         """
+        x, y = problem.x, problem.y
         out, pred = torch.empty_like(x), torch.empty_like(y)
         fooled = torch.zeros_like(y, dtype=torch.bool)
         loss_out = torch.full(y.shape, math.inf, dtype=x.dtype, device=x.device)
-        state = self._first_state(view, x, y, target, aim, eps, generator)
+        state = self._first_state(view, problem, generator)
         self._record(state, out, pred, fooled)
         window, since_check = max(int(0.22 * self.steps), 1), 0
         min_window, shrink = max(int(0.06 * self.steps), 1), max(int(0.03 * self.steps), 1)
@@ -201,15 +210,9 @@ class APGD(BatchedAttack):
         return out, pred, fooled, loss_out
 
     def _first_state(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        aim: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
+        self, view: ModelView, problem: Problem, generator: torch.Generator | None
     ) -> _Ascent:
+        x, y, target, aim, eps = problem.x, problem.y, problem.target, problem.aim, problem.eps
         x_adv = self._start(x, eps, generator)
         grad, logits, loss = loss_gradient(
             view, x_adv, lambda z: self._loss(z, y, target, aim), self.eot_samples

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor
 
-from robustlab.attacks.apgd import APGD, APGDL2
+from robustlab.attacks.apgd import APGD, APGDL2, Problem, merge
 from robustlab.attacks.base import ModelView, check_int
 from robustlab.errors import UserError
 
@@ -30,6 +30,15 @@ def refuse_target(name: str, target: Tensor | None) -> None:
             f"attack '{name}' is untargeted (it picks its own target classes); "
             "for a given target class use 'apgd' or 'pgd'"
         )
+
+
+def clean_logits(view: ModelView, x: Tensor, name: str, target: Tensor | None) -> Tensor:
+    """Logits of the clean images (checking the labels against the model first), after
+    refusing a caller's target: the start of every attack that picks its own targets."""
+    with torch.no_grad():
+        clean = view(x)
+    refuse_target(name, target)
+    return clean
 
 
 def targeted_dlr_loss(logits: Tensor, y: Tensor, aim: Tensor) -> Tensor:
@@ -80,32 +89,19 @@ class APGDTargeted(APGD):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            clean = view(x)  # checks the labels against the model first
-        refuse_target(self.name, target)
+        clean = clean_logits(view, x, self.name, target)
         self.check_classes(clean.shape[1])
         ranked = clean.argsort(dim=1, descending=True)
-        out, pred = x.clone(), clean.argmax(1)
-        fooled = pred != y
+        pred = clean.argmax(1)
         loss = torch.full(y.shape, -math.inf, dtype=x.dtype, device=x.device)
+        outcome = (x.clone(), pred, pred != y, loss)
         for rank in range(1, self.top_k + 1):
-            todo = (~fooled).nonzero().squeeze(1)
+            todo = (~outcome[2]).nonzero().squeeze(1)
             if not todo.numel():
                 break
-            again = self._restart(
-                view,
-                x[todo],
-                y[todo],
-                None,
-                ranked[todo, rank],
-                eps[todo],
-                generator,
-                stop_on_success,
-            )
-            keep = again[2] | (again[3] > loss[todo])
-            better = todo[keep]
-            out[better], pred[better], fooled[better], loss[better] = (v[keep] for v in again)
-        return out, pred
+            problem = Problem(x, y, None, ranked[:, rank], eps).select(todo)
+            merge(outcome, todo, self._restart(view, problem, generator, stop_on_success))
+        return outcome[0], outcome[1]
 
     def check_classes(self, classes: int) -> None:
         """Refuse models this attack cannot apply to (before any step is taken)."""

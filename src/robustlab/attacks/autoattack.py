@@ -15,8 +15,8 @@ Versions (as the reference package):
 
 * ``standard``: APGD-CE, APGD-T (9 targets), FAB-T (9 targets), Square (5000 queries), one
   restart each, 100 steps: the evaluation RobustBench reports.
-* ``plus``: APGD-CE and APGD-DLR with 5 restarts, FAB-T with 5 restarts, Square, APGD-T
-  (the reference's untargeted FAB is not implemented; FAB-T takes its place).
+* ``plus``: APGD-CE and APGD-DLR with 5 restarts, untargeted FAB with 5 restarts, Square,
+  then APGD-T and FAB-T (one restart each), in the reference's order.
 * ``rand``: for randomised models: APGD-CE and APGD-DLR with EOT over ``eot_samples``.
 """
 
@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.apgd import APGD
-from robustlab.attacks.apgd_targeted import APGDTargeted, refuse_target
+from robustlab.attacks.apgd_targeted import APGDTargeted, clean_logits
 from robustlab.attacks.base import (
     Attack,
     ModelView,
@@ -95,25 +95,32 @@ class AutoAttack(BatchedAttack):
                 ("APGD-CE", APGD(**apgd, loss="ce", eot_samples=self.eot_samples)),
                 ("APGD-DLR", APGD(**apgd, loss="dlr", eot_samples=self.eot_samples)),
             ]
-        targeted = APGDTargeted(**apgd, top_k=top_k)
-        fab = FAB(**apgd, top_k=top_k, restarts=5 if self.version == "plus" else 1)
+        fab_t = FAB(**apgd, top_k=top_k)
         square = Square(**common, queries=self.queries)
-        if classes is not None and classes < 4:  # kept as None so stage indices stay aligned
+        targeted = None  # kept as None when it cannot apply, so stage indices stay aligned
+        if classes is None or classes >= 4:
+            targeted = APGDTargeted(**apgd, top_k=top_k)
+        else:
             logger.warning(
                 "autoattack: APGD-T is skipped on a %d-class model (targeted DLR needs >= 4 "
                 "classes); this is not a standard AutoAttack evaluation",
                 classes,
             )
-            return [("APGD-CE", APGD(**apgd)), ("APGD-T", None), ("FAB-T", fab), ("Square", square)]
         if self.version == "plus":
             return [
                 ("APGD-CE", APGD(**apgd, loss="ce", restarts=5)),
                 ("APGD-DLR", APGD(**apgd, loss="dlr", restarts=5)),
-                ("FAB-T", fab),
+                ("FAB", FAB(**apgd, targeted=False, restarts=5)),
                 ("Square", square),
                 ("APGD-T", targeted),
+                ("FAB-T", fab_t),
             ]
-        return [("APGD-CE", APGD(**apgd)), ("APGD-T", targeted), ("FAB-T", fab), ("Square", square)]
+        return [
+            ("APGD-CE", APGD(**apgd)),
+            ("APGD-T", targeted),
+            ("FAB-T", fab_t),
+            ("Square", square),
+        ]
 
     def stage_names(self) -> list[str]:
         """Names of the members, in cascade order (``ModelView.stage`` indexes this list)."""
@@ -149,9 +156,7 @@ class AutoAttack(BatchedAttack):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
-        with torch.no_grad():
-            clean = view(x)  # checks the labels against the model first
-        refuse_target(self.name, target)
+        clean = clean_logits(view, x, self.name, target)
         pred = clean.argmax(1)
         out = x.clone()
         stage = torch.where(is_success(pred, y, target), CLEAN, ROBUST)

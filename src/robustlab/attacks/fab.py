@@ -1,4 +1,4 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack, Linf, a minimum-norm attack.
+"""FAB: the Fast Adaptive Boundary attack, Linf, a minimum-norm attack (targeted or not).
 
 Croce & Hein, "Minimally distorted adversarial examples with a fast adaptive boundary attack",
 ICML 2020, https://arxiv.org/abs/1907.02044; targeted version as in AutoAttack
@@ -11,6 +11,8 @@ both the current iterate and the clean image onto that hyperplane (the smallest 
 inside the [0, 1] box), and takes a convex combination biased towards the clean image
 (``alpha <= alpha_max``) with overshoot ``eta``. An iterate that fools the model is recorded
 when smaller than the best so far and pulled back towards the clean image by ``beta``.
+Untargeted (``targeted=False``, the paper's original), each step picks the class whose
+linearised boundary is closest instead of a fixed target.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ def linf_hyperplane_projection(points: Tensor, w: Tensor, b: Tensor) -> Tensor:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FAB(MinimumNormAttack):
-    """Targeted FAB, Linf (AutoAttack's FAB-T), over the top-k classes after the prediction.
+    """FAB, Linf: targeted (AutoAttack's FAB-T) over the top-k classes after the prediction,
+    or untargeted (AutoAttack's FAB).
 
     With a given ``target`` only that class is aimed at and success means predicting it.
 
@@ -81,6 +84,9 @@ class FAB(MinimumNormAttack):
         alpha_max: largest weight of the clean image's projection in a step, in [0, 1].
         eta: overshoot of the projection (>= 1). beta: pull-back towards the clean image
             after a success, in [0, 1].
+        targeted: True (FAB-T) aims at the top-k classes in turn; False (AutoAttack's
+            untargeted FAB, in its ``plus`` version) aims each step at the class whose
+            linearised boundary is closest, and ignores ``top_k``.
     """
 
     name = "fab"
@@ -93,6 +99,7 @@ class FAB(MinimumNormAttack):
     alpha_max: float = 0.1
     eta: float = 1.05
     beta: float = 0.9
+    targeted: bool = True
 
     def _validate(self) -> None:
         super()._validate()
@@ -105,7 +112,7 @@ class FAB(MinimumNormAttack):
 
     def check_classes(self, classes: int) -> None:
         """Refuse models this attack cannot apply to (before any step is taken)."""
-        if self.top_k > classes - 1:
+        if self.targeted and self.top_k > classes - 1:
             raise UserError(
                 f"{self._field('top_k')} must be <= {classes - 1} (the other classes of this "
                 f"model), got {self.top_k}"
@@ -121,15 +128,7 @@ class FAB(MinimumNormAttack):
     ) -> tuple[Tensor, Tensor]:
         best = x.clone()
         best_norm = torch.full(y.shape, math.inf, dtype=x.dtype, device=x.device)
-        if target is None:
-            with torch.no_grad():
-                clean = view(x)
-            self.check_classes(clean.shape[1])
-            ranked = clean.argsort(dim=1, descending=True)
-            aims = [ranked[:, rank] for rank in range(1, self.top_k + 1)]
-        else:
-            aims = [target]
-        for aim in aims:
+        for aim in self._aims(view, x, target):
             for restart in range(self.restarts):
                 todo = (best_norm > self.eps).nonzero().squeeze(1)
                 if not todo.numel():
@@ -137,14 +136,25 @@ class FAB(MinimumNormAttack):
                 sub_t = None if target is None else target[todo]
                 start = None
                 if restart > 0:
-                    radius = torch.minimum(
-                        best_norm[todo], torch.full_like(best_norm[todo], self.eps)
-                    )
+                    radius = best_norm[todo].clamp(max=self.eps)
                     start = _random_start(x[todo], radius, generator)
-                found, norms = self._run(view, x[todo], y[todo], sub_t, aim[todo], start)
+                sub_aim = None if aim is None else aim[todo]
+                found, norms = self._run(view, x[todo], y[todo], sub_t, sub_aim, start)
                 better = norms < best_norm[todo]
                 best[todo[better]], best_norm[todo[better]] = found[better], norms[better]
         return best, best_norm
+
+    def _aims(self, view: ModelView, x: Tensor, target: Tensor | None) -> list[Tensor | None]:
+        """The target classes in turn: the caller's, the top-k runners-up, or none (untargeted)."""
+        if target is not None:
+            return [target]
+        with torch.no_grad():
+            clean = view(x)  # checks the labels against the model first
+        self.check_classes(clean.shape[1])
+        if not self.targeted:
+            return [None]
+        ranked = clean.argsort(dim=1, descending=True)
+        return [ranked[:, rank] for rank in range(1, self.top_k + 1)]
 
     def _run(
         self,
@@ -152,26 +162,20 @@ class FAB(MinimumNormAttack):
         x: Tensor,
         y: Tensor,
         target: Tensor | None,
-        aim: Tensor,
+        aim: Tensor | None,
         start: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        """One FAB run towards ``aim``; ``(smallest adversarial, its Linf norm or inf)``."""
+        """One FAB run (towards ``aim``, else the closest boundary each step);
+        ``(smallest adversarial, its Linf norm or inf)``."""
         batch = x.shape[0]
         x_flat = x.flatten(1)
         x_cur = x.clone() if start is None else start
         best = x.clone()
         best_norm = torch.full((batch,), math.inf, dtype=x.dtype, device=x.device)
         shape = (batch,) + (1,) * (x.ndim - 1)
-
-        def boundary(logits: Tensor) -> Tensor:  # > 0 once the aim beats the label
-            return logits.gather(1, aim[:, None]).squeeze(1) - logits.gather(1, y[:, None]).squeeze(
-                1
-            )
-
         for _ in range(self.steps):
-            grad, _, diff = loss_gradient(view, x_cur, boundary)
+            w, diff = _linearised_boundary(view, x_cur, y, aim)
             with torch.no_grad():
-                w = grad.flatten(1)
                 b = -diff + (w * x_cur.flatten(1)).sum(1)
                 moves = linf_hyperplane_projection(
                     torch.cat((x_cur.flatten(1), x_flat)), w.repeat(2, 1), b.repeat(2)
@@ -189,6 +193,42 @@ class FAB(MinimumNormAttack):
                 best[better], best_norm[better] = x_cur[better], norms[better]
                 x_cur[fooled] = x[fooled] + (x_cur[fooled] - x[fooled]) * self.beta
         return best, best_norm
+
+
+def _linearised_boundary(
+    view: ModelView, x_cur: Tensor, y: Tensor, aim: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """``(w (B, D), diff (B,))``: gradient and value of ``z_aim - z_y`` at ``x_cur``.
+
+    Without ``aim`` (untargeted FAB) the class is, per sample, the one whose linearised
+    boundary is closest in Linf: smallest ``|z_k - z_y| / ||grad(z_k - z_y)||_1`` (the dual
+    norm), which needs the whole Jacobian: one backward pass per class.
+    """
+    if aim is not None:
+
+        def boundary(logits: Tensor) -> Tensor:  # > 0 once the aim beats the label
+            return (logits.gather(1, aim[:, None]) - logits.gather(1, y[:, None])).squeeze(1)
+
+        grad, _, diff = loss_gradient(view, x_cur, boundary)
+        return grad.flatten(1), diff
+    leaf = x_cur.detach().requires_grad_(True)
+    logits = view(leaf)
+    classes = logits.shape[1]
+    jacobian = torch.stack(
+        [
+            torch.autograd.grad(logits[:, k].sum(), leaf, retain_graph=k < classes - 1)[0]
+            for k in range(classes)
+        ],
+        dim=1,
+    ).flatten(2)  # (B, K, D)
+    rows = torch.arange(len(y), device=y.device)
+    logits = logits.detach()
+    diffs = logits - logits[rows, y][:, None]  # (B, K)
+    slopes = jacobian - jacobian[rows, y][:, None]
+    distance = diffs.abs() / (slopes.abs().sum(2) + 1e-12)
+    distance[rows, y] = math.inf  # the label's own "boundary" is no boundary
+    closest = distance.argmin(1)
+    return slopes[rows, closest], diffs[rows, closest]
 
 
 def _random_start(x: Tensor, radius: Tensor, generator: torch.Generator | None) -> Tensor:

@@ -104,32 +104,77 @@ class Square(BatchedAttack):
         generator: torch.Generator | None,
         stop_on_success: bool,
     ) -> tuple[Tensor, Tensor]:
-        stripes = _random_signs((x.shape[0], x.shape[1], 1, x.shape[3]), x, generator)
         with torch.no_grad():
-            best = (x + eps * stripes).clamp_(0.0, 1.0)
-            best_loss, pred = self._score(view, best, y, target)
-            todo = torch.empty(0, dtype=torch.long, device=x.device)
+            search = _Search(self, view, x, y, target, eps, self._first(x, eps, generator))
             for query in range(1, self.queries):
-                standing = (~is_success(pred, y, target)).nonzero().squeeze(1)
-                if not standing.numel():
+                if not search.narrow():
                     break
-                if standing.shape != todo.shape:  # the set only shrinks: refresh on change
-                    todo = standing
-                    sub_x, sub_y, sub_eps = x[todo], y[todo], eps[todo]
-                    sub_t = None if target is None else target[todo]
-                fraction = square_fraction(self.p_init, query, self.queries)
-                mask, value = self._square(sub_x, sub_eps, fraction, generator)
-                # the window is x +- eps (inside the ball), the rest is the best point so far
-                candidate = torch.where(mask, (sub_x + value).clamp_(0.0, 1.0), best[todo])
-                loss, new_pred = self._score(view, candidate, sub_y, sub_t)
-                keep = (loss < best_loss[todo]) | is_success(new_pred, sub_y, sub_t)
-                chosen = todo[keep]
-                best[chosen], best_loss[chosen], pred[chosen] = (
-                    candidate[keep],
-                    loss[keep],
-                    new_pred[keep],
-                )
-        return best, pred
+                self._query(search, square_fraction(self.p_init, query, self.queries), generator)
+        return search.best, search.pred
+
+    def _first(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The start: vertical stripes of +-eps, one sign per column and channel."""
+        stripes = _random_signs((x.shape[0], x.shape[1], 1, x.shape[3]), x, generator)
+        return (x + eps * stripes).clamp_(0.0, 1.0)
+
+    def _query(self, search: _Search, fraction: float, generator: torch.Generator | None) -> None:
+        """One query per standing image: its best point with one square set to x +- eps."""
+        mask, value = self._square(search.x, search.eps, fraction, generator)
+        current = search.best[search.todo]
+        candidate = torch.where(mask, (search.x + value).clamp_(0.0, 1.0), current)
+        search.offer(candidate, (candidate != current).flatten(1).any(1))
+
+
+class _Search:
+    """The random search's per-sample state: the best point, its loss, the still-robust rows.
+
+    ``narrow`` drops the fooled samples (refreshing the sub-batch only when the set changed);
+    ``offer`` queries the candidates of those rows and keeps the improving or fooling ones.
+    """
+
+    def __init__(
+        self,
+        attack: Square,
+        view: ModelView,
+        x: Tensor,
+        y: Tensor,
+        target: Tensor | None,
+        eps: Tensor,
+        start: Tensor,
+    ) -> None:
+        self.attack, self.view = attack, view
+        self.x_all, self.y_all, self.target_all, self.eps_all = x, y, target, eps
+        self.best = start
+        self.best_loss, self.pred = attack._score(view, start, y, target)
+        self.todo = torch.empty(0, dtype=torch.long, device=x.device)
+
+    def narrow(self) -> bool:
+        """Restrict to the samples not fooled yet; False when none is left."""
+        standing = (~is_success(self.pred, self.y_all, self.target_all)).nonzero().squeeze(1)
+        if standing.shape != self.todo.shape:  # the set only shrinks: refresh on change
+            self.todo = standing
+            self.x, self.y, self.eps = (v[standing] for v in (self.x_all, self.y_all, self.eps_all))
+            self.target = None if self.target_all is None else self.target_all[standing]
+        return bool(standing.numel())
+
+    def offer(self, candidate: Tensor, changed: Tensor | None) -> None:
+        """Query ``candidate`` (rows of ``todo``); rows not ``changed`` skip their query.
+
+        A candidate equal to the best point has the best loss (a deterministic model), so it
+        could never be kept: skipping its forward pass changes no result, only saves time.
+        """
+        rows = self.todo if changed is None else self.todo[changed]
+        if changed is not None:
+            candidate = candidate[changed]
+        if not rows.numel():
+            return
+        y = self.y_all[rows]
+        target = None if self.target_all is None else self.target_all[rows]
+        loss, new_pred = self.attack._score(self.view, candidate, y, target)
+        keep = (loss < self.best_loss[rows]) | is_success(new_pred, y, target)
+        chosen = rows[keep]
+        self.best[chosen], self.best_loss[chosen] = candidate[keep], loss[keep]
+        self.pred[chosen] = new_pred[keep]
 
 
 def _random_signs(
@@ -177,16 +222,8 @@ class SquareL2(Square):
 
     eps: float = 0.5
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
-    ) -> tuple[Tensor, Tensor]:
+    def _first(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
+        """The start: a grid of pseudo-Gaussian squares, random signs, on the eps sphere."""
         batch, channels, height, width = x.shape
         side = max(min(height, width) // 5, 1)
         start = x.new_zeros(x.shape)
@@ -196,29 +233,15 @@ class SquareL2(Square):
                 start[:, :, top : top + side, left : left + side] += (
                     _pseudo_gaussian(side, x, False) * signs
                 )
-        with torch.no_grad():
-            best = _on_sphere(x, start, eps)
-            best_loss, pred = self._score(view, best, y, target)
-            for query in range(1, self.queries):
-                todo = (~is_success(pred, y, target)).nonzero().squeeze(1)
-                if not todo.numel():
-                    break
-                fraction = square_fraction(self.p_init, query, self.queries)
-                size = max(round(math.sqrt(fraction * height * width)), 3)
-                size = min(size + (size % 2 == 0), min(height, width))
-                candidate = self._move_mass(
-                    x[todo], best[todo] - x[todo], eps[todo], size, generator
-                )
-                sub_t = None if target is None else target[todo]
-                loss, new_pred = self._score(view, candidate, y[todo], sub_t)
-                keep = (loss < best_loss[todo]) | is_success(new_pred, y[todo], sub_t)
-                chosen = todo[keep]
-                best[chosen], best_loss[chosen], pred[chosen] = (
-                    candidate[keep],
-                    loss[keep],
-                    new_pred[keep],
-                )
-        return best, pred
+        return _on_sphere(x, start, eps)
+
+    def _query(self, search: _Search, fraction: float, generator: torch.Generator | None) -> None:
+        height, width = search.x.shape[2:]
+        size = max(round(math.sqrt(fraction * height * width)), 3)
+        size = min(size + (size % 2 == 0), min(height, width))
+        current = search.best[search.todo]
+        candidate = self._move_mass(search.x, current - search.x, search.eps, size, generator)
+        search.offer(candidate, None)
 
     def _move_mass(
         self, x: Tensor, delta: Tensor, eps: Tensor, size: int, generator: torch.Generator | None
