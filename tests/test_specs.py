@@ -201,3 +201,13 @@ def test_any_spec_plugs_into_the_generator() -> None:
     with pytest.raises(UserError, match=r"toy\.steps must be >= 1, got 0"):
         spec_from_args(parser.parse_args(["--steps", "0"]), ToySpec)
     assert show((0.7, 0.15, 0.15)) == "0.7,0.15,0.15" and show(None) == "none"
+
+
+def test_a_model_spec_without_classes_is_checked_but_never_built() -> None:
+    from robustlab.models import create_model
+    from robustlab.models.factory import check_model_cost
+
+    unset = ModelSpec("simple-cnn", input_size=32)  # what a study or the CLI holds before data
+    check_model_cost(unset)  # the size checks run before the data is known
+    with pytest.raises(UserError, match="num_classes is unset"):
+        create_model(unset)

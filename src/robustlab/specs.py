@@ -51,7 +51,6 @@ def spec(section: str) -> Callable[[type[T]], type[T]]:
                 raise UserError(describe_problem(error, section, built)) from None
 
         built.__init__ = __init__  # type: ignore[method-assign]
-        built.__spec_section__ = section  # type: ignore[attr-defined]
         return built
 
     return make

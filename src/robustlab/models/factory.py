@@ -129,7 +129,9 @@ def create_model(spec: ModelSpec) -> ImageClassifier:
                 "model name (see 'robustlab models')"
             )
     if spec.num_classes is None:
-        raise UserError(f"model {spec.arch}: num_classes is unset (train_run fills it from the data)")
+        raise UserError(
+            f"model {spec.arch}: num_classes is unset (train_run fills it from the data)"
+        )
     _check_pretrained(spec)
     check_model_cost(spec)
     return _build(spec)
@@ -163,7 +165,8 @@ def check_model_cost(spec: ModelSpec) -> None:
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         try:
             # before the data is known the class count is too: one output is the smallest head
-            model = _build(dataclasses.replace(spec, pretrained=None, num_classes=spec.num_classes or 1))
+            blank = dataclasses.replace(spec, pretrained=None, num_classes=spec.num_classes or 1)
+            model = _build(blank)
         except (RuntimeError, NotImplementedError) as error:  # an init that reads tensor values
             log.debug("%s: no estimate on the meta device (%s)", what, error)
             return
