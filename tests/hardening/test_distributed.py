@@ -199,3 +199,36 @@ def test_nproc_2_attack_equals_one_process_bit_for_bit(untrained_run, tmp_path, 
     a = load_file(tmp_path / "one" / "adversarials.safetensors")
     b = load_file(tmp_path / "two" / "adversarials.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_nproc_2_evaluate_attack_equals_one_process(untrained_run, tmp_path, capsys):
+    """``evaluate --attack`` shards its white-box and noise sweeps over the ranks (each rank
+    crafts and scores its own batches): the written results equal one process's."""
+    args = [
+        "evaluate", untrained_run, "--attack", "pgd", "--eps", "0.05,0.1", "--steps", "3",
+        "--batch-size", "16", "--limit", "100", "--noise", "--no-unbounded-check",
+        "--examples", "1", "--save-adversarials", "4",
+    ]  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun rank
+    try:
+        code, _, err = call_cli([*args, "--out", tmp_path / "one"], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    two = run_cli(["--nproc", "2", *args, "--out", tmp_path / "two"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes and prints
+    one_curves = read_json(tmp_path / "one" / "curves.json")
+    assert without_timing(one_curves) == without_timing(read_json(tmp_path / "two" / "curves.json"))
+    assert [c["kind"] for c in one_curves["curves"]] == ["white-box", "noise"]
+    assert (tmp_path / "one" / "records.csv").read_text() == (
+        tmp_path / "two" / "records.csv"
+    ).read_text()
+    # tensors, not bytes: safetensors orders its header's metadata differently in each process
+    a, b = (
+        load_file(tmp_path / run / "adversarials" / "adversarials.safetensors")
+        for run in ("one", "two")
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.attacks import Attack, as_logits_model, get_attack, sweep
+from robustlab.attacks import Attack, as_logits_model, get_attack
+from robustlab.attacks.sweep import sweep_chunks
 from robustlab.errors import UserError
 from robustlab.evaluation.accuracy import model_device, predict_logits, require_eval_mode
 from robustlab.evaluation.grade import evaluation_grade
@@ -158,52 +159,54 @@ def score_perturbations(
     score = as_logits_model(target)
     crafter_device, target_device = model_device(crafter), model_device(target)
     keep = sorted(set(keep))
-    preds, confs, l2s, linfs = [], [], [], []
-    min_eps: list[torch.Tensor | None] = []
-    stages: list[torch.Tensor | None] = []
-    examples: dict[int, torch.Tensor] = {}
-    example_probs: dict[int, torch.Tensor] = {}
-    for start in range(0, len(x), batch_size):
-        xb = x[start : start + batch_size]
-        yb = y[start : start + batch_size]
-        tb = (
-            None
-            if target_labels is None
-            else target_labels[start : start + batch_size].to(crafter_device)
-        )
-        result = sweep(
-            attack,
-            crafter,
-            xb.to(crafter_device),
-            yb.to(crafter_device),
-            epsilons,
-            target=tb,
-            keep_adversarials=True,
-            worst_case=worst_case,
-        )
-        min_eps.append(None if result.min_eps is None else result.min_eps.detach().float().cpu())
-        stages.append(None if result.stage is None else result.stage.cpu())
-        batch_pred, batch_conf, batch_l2, batch_linf = [], [], [], []
-        for e, adversarial in enumerate(result.adversarials):
+
+    def scored(part: slice, xb: torch.Tensor, result: Any) -> dict[str, Any]:
+        """One batch's adversarials scored on the target (on the rank that crafted them)."""
+        kept = [index for index in keep if part.start <= index < part.stop]
+        rows: dict[str, Any] = {"pred": [], "conf": [], "l2": [], "linf": [], "probs": []}
+        for adversarial in result.adversarials:
             adversarial = adversarial.detach()
             with torch.no_grad():
                 probs = score(adversarial.to(target_device)).float().softmax(dim=1).cpu()
             conf, pred = probs.max(dim=1)
-            delta = (adversarial.cpu() - xb).flatten(1)
-            batch_pred.append(pred)
-            batch_conf.append(conf)
-            batch_l2.append(delta.norm(dim=1))
-            batch_linf.append(delta.abs().amax(dim=1))
-            for index in keep:
-                if start <= index < start + len(xb):
-                    examples.setdefault(index, torch.empty(len(epsilons), *xb.shape[1:]))
-                    example_probs.setdefault(index, torch.empty(len(epsilons), probs.shape[1]))
-                    examples[index][e] = adversarial[index - start].cpu()
-                    example_probs[index][e] = probs[index - start]
-        preds.append(torch.stack(batch_pred))
-        confs.append(torch.stack(batch_conf))
-        l2s.append(torch.stack(batch_l2))
-        linfs.append(torch.stack(batch_linf))
+            delta = (adversarial - xb).cpu().flatten(1)
+            rows["pred"].append(pred)
+            rows["conf"].append(conf)
+            rows["l2"].append(delta.norm(dim=1))
+            rows["linf"].append(delta.abs().amax(dim=1))
+            rows["probs"].append(probs[[i - part.start for i in kept]])
+        at = [i - part.start for i in kept]
+        return {
+            **{key: torch.stack(rows[key]) for key in ("pred", "conf", "l2", "linf")},
+            "min_eps": None if result.min_eps is None else result.min_eps.detach().float().cpu(),
+            "stage": None if result.stage is None else result.stage.cpu(),
+            "kept": kept,
+            "examples": torch.stack([adv[at].detach().cpu() for adv in result.adversarials], 1),
+            "example_probs": torch.stack(rows["probs"], 1),
+        }
+
+    # each rank crafts and scores its own batches under torchrun; the scores are gathered
+    parts = sweep_chunks(
+        attack,
+        crafter,
+        x,
+        y,
+        epsilons,
+        reduce=scored,
+        target=target_labels,
+        batch_size=batch_size,
+        keep_adversarials=True,
+        worst_case=worst_case,
+        device=crafter_device,
+    )
+    preds = [part["pred"] for part in parts]
+    confs = [part["conf"] for part in parts]
+    l2s = [part["l2"] for part in parts]
+    linfs = [part["linf"] for part in parts]
+    min_eps = [part["min_eps"] for part in parts]
+    stages = [part["stage"] for part in parts]
+    examples = {i: p["examples"][k] for p in parts for k, i in enumerate(p["kept"])}
+    example_probs = {i: p["example_probs"][k] for p in parts for k, i in enumerate(p["kept"])}
     return Outcome(
         epsilons=epsilons,
         pred=torch.cat(preds, dim=1),
