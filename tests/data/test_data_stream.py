@@ -137,6 +137,22 @@ def test_budget_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         memory_budget()
 
 
+def test_ranks_on_one_machine_share_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ranks that would each fit the whole set in the budget stream it instead."""
+    images, labels = labelled_arrays([10, 10], size=(6, 5))
+    folder = write_npy_dir(tmp_path / "set", images, labels)
+    whole = 20 * 3 * 6 * 5 * 4  # float32 bytes of every split
+    monkeypatch.setenv(ENV_BUDGET, str(whole + 100))
+    assert isinstance(load_splits(DataSpec(str(folder))).train.images, torch.Tensor)
+    monkeypatch.setenv("RANK", "1")  # as torchrun starts each of 2 local ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert memory_budget() == (whole + 100) // 2
+    clear_caches()
+    assert isinstance(load_splits(DataSpec(str(folder))).train.images, StreamedImages)
+
+
 # ---------------------------------------------------------------- folders
 
 

@@ -122,6 +122,8 @@ def test_bad_shards_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     shards = write_shards(tmp_path / "shards", images, per_shard=8)
     assert main(["data", "info", str(shards / "part-000.tar")]) == 0  # one shard alone
     assert "8" in capsys.readouterr().out
+    assert main(["data", "prepare", str(shards)]) == 0
+    assert "nothing to prepare" in capsys.readouterr().out
     with pytest.raises(UserError, match=r"shard .*part-001\.tar not found"):
         load_splits(DataSpec(str(shards / "part-{000..009}.tar")))
     packed = tmp_path / "packed"
