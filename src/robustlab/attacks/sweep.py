@@ -271,14 +271,12 @@ def sweep_chunks(
 ) -> list[T]:
     """Sweep each chunk of the data set and keep only ``reduce(part, x, result)`` of it, in order.
 
-    ``part`` is the chunk's slice of ``images``, ``x`` its clean images and ``result`` its
-    ``SweepResult``, both on ``device``. Under torchrun each rank sweeps and reduces only its
-    own chunks (``distributed.map_chunks``), so what travels and what every rank holds is the
-    reduced values, not the chunks' adversarials: a caller that scores adversarials on another
-    model or keeps a few examples reduces to exactly that. ``reduce`` should return CPU
-    tensors (and, with ``store``, never None). Chunk boundaries are those of one process and
-    each ``sweep`` call seeds its attack afresh, so the gathered list is identical to one
-    process's. Other arguments as ``sweep_dataset``; no images give an empty list.
+    ``part``: the chunk's slice of ``images``; ``x``, ``result``: its clean images and
+    ``SweepResult`` on ``device``. Under torchrun each rank sweeps and reduces its own chunks
+    and only the reduced values (CPU tensors; never None with ``store``) are gathered, so a
+    caller that scores adversarials on another model gathers scores, not adversarials.
+    Single-process chunk boundaries and a freshly seeded attack per ``sweep`` call make the
+    list identical to one process's. Other arguments as ``sweep_dataset``.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
