@@ -191,10 +191,10 @@ def untrained_run(data: Path, out: Path) -> Path:
     return save_checkpoint(out, model, config)
 
 
-def verdict(label: str, ratio: float, target: float, at_most: bool = True) -> str:
-    met = ratio <= target if at_most else ratio >= target
+def verdict(label: str, value: float, target: float, at_most: bool = True, unit: str = "x") -> str:
+    met = value <= target if at_most else value >= target
     sign = "<=" if at_most else ">="
-    return f"{label:<58} {ratio:5.2f}x  (target {sign} {target}: {'met' if met else 'MISSED'})"
+    return f"{label:<58} {value:5.2f}{unit:<3} (target {sign} {target}{unit}: {'met' if met else 'MISSED'})"
 
 
 class Bench:
@@ -281,7 +281,7 @@ def report(bench: Bench, args: argparse.Namespace) -> None:
     for kind in ("train", "attack"):
         if f"{kind} {first}" in peaks and first == 12_000 and args.size == 224:
             gb = peaks[f"{kind} {first}"] / 1024
-            print(verdict(f"{kind} peak at 12 000 x 224 px, GB (as 'x')", gb, 3.0))
+            print(verdict(f"{kind} peak at 12 000 x 224 px", gb, 3.0, unit=" GB"))
     if "train memory" in peaks and f"train {first}" in peaks:
         ratio = peaks[f"train {first}"] / peaks["train memory"]
         print(f"{'train streamed / in memory, ' + str(first) + ' images':<58} {ratio:5.2f}x")
