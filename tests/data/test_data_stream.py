@@ -137,6 +137,22 @@ def test_budget_setting(monkeypatch: pytest.MonkeyPatch) -> None:
         memory_budget()
 
 
+def test_ranks_on_one_machine_share_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ranks that would each fit the whole set in the budget stream it instead."""
+    images, labels = labelled_arrays([10, 10], size=(6, 5))
+    folder = write_npy_dir(tmp_path / "set", images, labels)
+    whole = 20 * 3 * 6 * 5 * 4  # float32 bytes of every split
+    monkeypatch.setenv(ENV_BUDGET, str(whole + 100))
+    assert isinstance(load_splits(DataSpec(str(folder))).train.images, torch.Tensor)
+    monkeypatch.setenv("RANK", "1")  # as torchrun starts each of 2 local ranks
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert memory_budget() == (whole + 100) // 2
+    clear_caches()
+    assert isinstance(load_splits(DataSpec(str(folder))).train.images, StreamedImages)
+
+
 # ---------------------------------------------------------------- folders
 
 
@@ -252,3 +268,52 @@ def test_prepare_resumes_from_its_finished_shards(
     assert calls == [2, 3]  # shards 0 and 1 were kept
     direct_images = [np.load(folder / f"shard-{k:05d}.npy") for k in range(4)]
     assert sum(len(a) for a in direct_images) == 10
+
+
+def test_disk_full_while_preparing_is_one_line_and_resumable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import errno
+
+    import robustlab.data.prepared as prepared
+    from robustlab.cli import main
+
+    monkeypatch.setattr(prepared, "SHARD_SIZE", 3)
+    root = tmp_path / "set"
+    write_folder(root, {"a": 5, "b": 5})
+    real_save = np.save
+    saved: list[int] = []
+
+    def fills_the_disk(handle, array, *args, **kwargs):  # the third shard finds the disk full
+        if len(saved) == 4:  # two shards of (images, labels) written
+            handle.write(b"\x93NUMPY half a shard")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        saved.append(len(array))
+        return real_save(handle, array, *args, **kwargs)
+
+    monkeypatch.setattr(prepared.np, "save", fills_the_disk)
+    code = main(["data", "prepare", str(root), "--workers", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("robustlab: error:") and "No space left on device" in err
+    folder = cache_dir(root, None)
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # nothing half-written
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert not manifest["complete"] and [s["index"] for s in manifest["shards"]] == [0, 1]
+    with pytest.raises(UserError, match="unfinished"):
+        load_splits(DataSpec(str(root)))
+    monkeypatch.setattr(prepared.np, "save", real_save)  # space freed: the rerun resumes
+    written = []
+    original = prepared._write_shard
+    monkeypatch.setattr(
+        prepared, "_write_shard", lambda f, k, *rest: written.append(k) or original(f, k, *rest)
+    )
+    assert main(["data", "prepare", str(root), "--workers", "1"]) == 0
+    assert written == [2, 3]
+    clear_caches()
+    cached = load_splits(DataSpec(str(root)))
+    monkeypatch.setattr(prepared, "open_prepared", lambda *args: None)  # the folder itself
+    clear_caches()
+    direct = load_splits(DataSpec(str(root)))
+    for (_, a), (_, b) in zip(direct.items(), cached.items(), strict=True):
+        assert torch.equal(a.images, b.images[:]) and torch.equal(a.labels, b.labels)

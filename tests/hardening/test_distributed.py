@@ -169,6 +169,21 @@ def test_nproc_user_error_is_one_line_from_the_launcher(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def one_and_two_processes(args: list, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``robustlab ARGS --out one`` in this process (one thread, as each torchrun rank), then
+    ``robustlab --nproc 2 ARGS --out two``; returns the second (finished) process."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code, _, err = call_cli([*args, "--out", tmp_path / "one"], capsys)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    two = run_cli(["--nproc", "2", *args, "--out", tmp_path / "two"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    return two
+
+
 @pytest.mark.slow
 def test_nproc_2_attack_equals_one_process_bit_for_bit(untrained_run, tmp_path, capsys):
     args = [
@@ -185,17 +200,58 @@ def test_nproc_2_attack_equals_one_process_bit_for_bit(untrained_run, tmp_path, 
         "--limit",
         "100",
     ]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun rank
-    try:
-        code, _, err = call_cli([*args, "--out", tmp_path / "one"], capsys)
-    finally:
-        torch.set_num_threads(threads)
-    assert code == 0, err
-    two = run_cli(["--nproc", "2", *args, "--out", tmp_path / "two"], tmp_path)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one_and_two_processes(args, tmp_path, capsys)
     one_json = without_timing(read_json(tmp_path / "one" / "attack.json"))
     assert one_json == without_timing(read_json(tmp_path / "two" / "attack.json"))
     a = load_file(tmp_path / "one" / "adversarials.safetensors")
     b = load_file(tmp_path / "two" / "adversarials.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_nproc_2_evaluate_attack_equals_one_process(untrained_run, tmp_path, capsys):
+    """``evaluate --attack`` shards its white-box and noise sweeps over the ranks (each rank
+    crafts and scores its own batches): the written results equal one process's."""
+    args = [
+        "evaluate", untrained_run, "--attack", "pgd", "--eps", "0.05,0.1", "--steps", "3",
+        "--batch-size", "16", "--limit", "100", "--noise", "--no-unbounded-check",
+        "--examples", "1", "--save-adversarials", "4",
+    ]  # fmt: skip
+    two = one_and_two_processes(args, tmp_path, capsys)
+    assert two.stdout.count("wrote ") == 1  # rank 0 alone writes and prints
+    one_curves = read_json(tmp_path / "one" / "curves.json")
+    assert without_timing(one_curves) == without_timing(read_json(tmp_path / "two" / "curves.json"))
+    assert [c["kind"] for c in one_curves["curves"]] == ["white-box", "noise"]
+    assert (tmp_path / "one" / "records.csv").read_text() == (
+        tmp_path / "two" / "records.csv"
+    ).read_text()
+    # tensors, not bytes: safetensors orders its header's metadata differently in each process
+    a, b = (
+        load_file(tmp_path / run / "adversarials" / "adversarials.safetensors")
+        for run in ("one", "two")
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sweep_chunks_reduces_each_batch_where_it_was_crafted():
+    from robustlab.attacks import get_attack, sweep_dataset
+    from robustlab.attacks.sweep import sweep_chunks
+    from robustlab.models import ModelSpec, create_model
+
+    torch.manual_seed(0)
+    model = create_model(ModelSpec(arch="small-cnn", num_classes=3, in_chans=1, input_size=12))
+    model.eval()
+    images, labels = torch.rand(21, 1, 12, 12), torch.randint(0, 3, (21,))
+    attack = get_attack("pgd", eps=0.1, steps=2, seed=0)
+    seen: list[slice] = []
+
+    def scores(part: slice, x: torch.Tensor, result) -> dict[str, torch.Tensor]:
+        seen.append(part)
+        assert torch.equal(x, images[part])  # the chunk's own clean images
+        return {"correct": result.correct, "linf": result.delta_linf}
+
+    parts = sweep_chunks(attack, model, images, labels, [0.05, 0.1], reduce=scores, batch_size=8)
+    assert seen == chunk_slices(21, 8)
+    whole = sweep_dataset(attack, model, images, labels, [0.05, 0.1], batch_size=8)
+    assert torch.equal(torch.cat([p["correct"] for p in parts], 1), whole.correct)
+    assert torch.equal(torch.cat([p["linf"] for p in parts], 1), whole.delta_linf)

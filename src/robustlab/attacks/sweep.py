@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -39,6 +39,8 @@ from robustlab.attacks.base import (
 )
 from robustlab.distributed import ChunkStore, map_chunks
 from robustlab.errors import UserError
+
+T = TypeVar("T")
 
 STREAM_WINDOWS = 8  # batches per chunk when samples stream (fewer half-empty tail batches)
 
@@ -231,6 +233,51 @@ def sweep_dataset(
     ``batch_size`` is the most images the model sees at once; with ``keep_adversarials=False``
     a chunk holds ``STREAM_WINDOWS`` batches so early-stopped samples are replaced by new ones.
     """
+    parts = sweep_chunks(
+        attack,
+        model,
+        images,
+        labels,
+        epsilons,
+        reduce=_cpu_fields,
+        target=target,
+        batch_size=batch_size,
+        keep_adversarials=keep_adversarials,
+        worst_case=worst_case,
+        device=device,
+        progress=progress,
+        store=store,
+    )
+    if not parts:  # no images: the empty result of one call
+        return sweep(attack, model, images, labels, epsilons, target=target)
+    return _concat([SweepResult(**part) for part in parts])
+
+
+def sweep_chunks(
+    attack: Attack,
+    model: Callable[[Tensor], Any],
+    images: Tensor,
+    labels: Tensor,
+    epsilons: Sequence[float],
+    *,
+    reduce: Callable[[slice, Tensor, SweepResult], T],
+    target: Any = None,
+    batch_size: int = 64,
+    keep_adversarials: bool = True,
+    worst_case: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    store: ChunkStore | None = None,
+) -> list[T]:
+    """Sweep each chunk of the data set and keep only ``reduce(part, x, result)`` of it, in order.
+
+    ``part``: the chunk's slice of ``images``; ``x``, ``result``: its clean images and
+    ``SweepResult`` on ``device``. Under torchrun each rank sweeps and reduces its own chunks
+    and only the reduced values (CPU tensors; never None with ``store``) are gathered, so a
+    caller that scores adversarials on another model gathers scores, not adversarials.
+    Single-process chunk boundaries and a freshly seeded attack per ``sweep`` call make the
+    list identical to one process's. Other arguments as ``sweep_dataset``.
+    """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(images, Tensor):
@@ -239,18 +286,19 @@ def sweep_dataset(
         stand_in = torch.zeros((1, *images.shape[1:])).expand(len(images), -1, -1, -1)
         _, labels, target_t = check_inputs(stand_in, labels, target)
     if images.shape[0] == 0:
-        return sweep(attack, model, images, labels, epsilons, target=target_t)
+        return []
 
     from robustlab.devices import pin_for, to_device
 
     images, labels = pin_for(images, device), pin_for(labels, device)  # async batch copies
 
-    def run_batch(part: slice) -> dict[str, Any]:
+    def run_chunk(part: slice) -> T:
+        x = to_device(images[part], device)
         batch_target = None if target_t is None else target_t[part].to(device)
         result = sweep(
             attack,
             model,
-            to_device(images[part], device),
+            x,
             to_device(labels[part], device),
             epsilons,
             target=batch_target,
@@ -258,20 +306,24 @@ def sweep_dataset(
             worst_case=worst_case,
             batch_size=batch_size,
         )
-        # a plain dict of CPU tensors: what ChunkStore saves and all_gather_object ships
-        cpu = _to_cpu(result)
-        return {f.name: getattr(cpu, f.name) for f in dataclasses.fields(cpu)}
+        return reduce(part, x, result)
 
     # without adversarials to keep, a chunk holds several windows that samples stream through
     chunk = batch_size if keep_adversarials else batch_size * STREAM_WINDOWS
-    parts = map_chunks(
-        run_batch,
+    return map_chunks(
+        run_chunk,
         images.shape[0],
         chunk,
         store=store,
         progress=f"{attack.name} sweep" if progress else None,
     )
-    return _concat([SweepResult(**part) for part in parts])
+
+
+def _cpu_fields(part: slice, x: Tensor, result: SweepResult) -> dict[str, Any]:
+    """A chunk's result as a plain dict of CPU tensors: what ChunkStore saves and
+    ``all_gather_object`` ships."""
+    cpu = _to_cpu(result)
+    return {f.name: getattr(cpu, f.name) for f in dataclasses.fields(cpu)}
 
 
 def _to_cpu(part: SweepResult) -> SweepResult:

@@ -192,7 +192,8 @@ def claim_results_folder(out: Path, overwrite: bool) -> Any:
 
 
 def _attack(args: argparse.Namespace, job: AttackJob) -> int:
-    import torch
+    from robustlab import distributed
+    from robustlab.attacks import sweep_dataset
 
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
@@ -200,20 +201,7 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
     check_classes = getattr(job.attack, "check_classes", None)  # apgd-t, fab: top_k vs classes
     if check_classes is not None:
         check_classes(len(classes))
-    from robustlab.data.stream import take  # a streamed split stays streamed when subset
-
-    images, labels = imageset.images, imageset.labels
-    indices = torch.arange(images.shape[0])
-    if job.limit is not None:
-        head = slice(job.limit)
-        images, labels, indices = take(images, head), labels[head], indices[head]
-    excluded = 0
-    if target is not None:  # a targeted attack on an image of the target class is moot
-        keep = labels != target
-        excluded = int((~keep).sum())
-        images, labels, indices = take(images, keep), labels[keep], indices[keep]
-    if images.shape[0] == 0:
-        raise UserError(f"no images to attack in split '{job.split}'")
+    images, labels, indices, excluded = select_images(imageset, job, target)
     model.to(args.device)
     logger.info(
         "%s on %d %s images at eps %s",
@@ -223,20 +211,7 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
         ", ".join(f"{eps:.4g}" for eps in job.epsilons),
     )
     started = time.perf_counter()
-    from robustlab import distributed
-    from robustlab.attacks import sweep_dataset
-
-    # Finished chunks are kept in OUT/.chunks: a killed sweep resumes from the last one, and
-    # under torchrun every process takes its own chunks.
-    store = distributed.ChunkStore(
-        args.out / ".chunks",
-        {
-            "run_dir": str(args.run_dir), "model": config.get("model"), "data": config.get("data"),
-            "attack": job.attack.settings(), "epsilons": job.epsilons, "split": job.split,
-            "limit": job.limit, "target": target, "batch_size": job.batch_size,
-            "worst_case": job.worst_case, "keep_adversarials": job.keep_adversarials,
-        },
-    )
+    store = chunk_store(args, job, config, target)
     result = sweep_dataset(
         job.attack,
         model,
@@ -275,6 +250,45 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
         logger.info("wrote %s", args.out)
     distributed.barrier()
     return 0
+
+
+def select_images(imageset: Any, job: AttackJob, target: int | None) -> tuple[Any, Any, Any, int]:
+    """The first ``job.limit`` images of the split, without those of the target class:
+    ``(images, labels, indices in the split, images excluded)``; a streamed split stays
+    streamed (positions only, nothing read)."""
+    import torch
+
+    from robustlab.data.stream import take
+
+    images, labels = imageset.images, imageset.labels
+    indices = torch.arange(images.shape[0])
+    if job.limit is not None:
+        head = slice(job.limit)
+        images, labels, indices = take(images, head), labels[head], indices[head]
+    excluded = 0
+    if target is not None:  # a targeted attack on an image of the target class is moot
+        keep = labels != target
+        excluded = int((~keep).sum())
+        images, labels, indices = take(images, keep), labels[keep], indices[keep]
+    if images.shape[0] == 0:
+        raise UserError(f"no images to attack in split '{job.split}'")
+    return images, labels, indices, excluded
+
+
+def chunk_store(args: argparse.Namespace, job: AttackJob, config: dict, target: int | None) -> Any:
+    """Finished chunks are kept in OUT/.chunks: a killed sweep resumes from the last one, and
+    under torchrun every process takes its own chunks."""
+    from robustlab import distributed
+
+    return distributed.ChunkStore(
+        args.out / ".chunks",
+        {
+            "run_dir": str(args.run_dir), "model": config.get("model"), "data": config.get("data"),
+            "attack": job.attack.settings(), "epsilons": job.epsilons, "split": job.split,
+            "limit": job.limit, "target": target, "batch_size": job.batch_size,
+            "worst_case": job.worst_case, "keep_adversarials": job.keep_adversarials,
+        },
+    )  # fmt: skip
 
 
 def summarise(attack: Any, result: Any, labels: Any, seconds: float) -> dict[str, Any]:
@@ -339,7 +353,6 @@ def write_results(
     (``run_dir``, ``split``, ``limit``, ``seed``, ``batch_size``, ``device``, ``worst_case``,
     ``target_class``, ``target_name``, ``excluded_target_class``, ``data``).
     """
-    import torch
     from safetensors.torch import save_file
 
     from robustlab.evaluation.grade import evaluation_grade
@@ -352,18 +365,8 @@ def write_results(
     (out / "adversarials.safetensors").unlink(missing_ok=True)
     adversarials_file = None
     if result.adversarials is not None:
-        tensors = {
-            f"eps_{eps!r}": adv.float().contiguous()
-            for eps, adv in zip(result.epsilons, result.adversarials, strict=True)
-        }
-        tensors["labels"] = labels.long().contiguous()
-        tensors["clean_pred"] = result.clean_pred.long().contiguous()
-        tensors["indices"] = indices.long().contiguous()
-        if result.min_eps is not None:
-            tensors["min_eps"] = result.min_eps.float().contiguous()
-        if target is not None:
-            tensors["target"] = torch.full_like(tensors["labels"], target)
         adversarials_file = "adversarials.safetensors"
+        tensors = adversarial_tensors(result, labels, indices, target)
         with atomic_path(out / adversarials_file) as tmp:
             save_file(tensors, str(tmp))
     record = {
@@ -378,6 +381,26 @@ def write_results(
         **context,
     }
     write_json(out / "attack.json", record)
+
+
+def adversarial_tensors(
+    result: Any, labels: Any, indices: Any, target: int | None
+) -> dict[str, Any]:
+    """What ``adversarials.safetensors`` holds (see the module docstring)."""
+    import torch
+
+    tensors = {
+        f"eps_{eps!r}": adv.float().contiguous()
+        for eps, adv in zip(result.epsilons, result.adversarials, strict=True)
+    }
+    tensors["labels"] = labels.long().contiguous()
+    tensors["clean_pred"] = result.clean_pred.long().contiguous()
+    tensors["indices"] = indices.long().contiguous()
+    if result.min_eps is not None:
+        tensors["min_eps"] = result.min_eps.float().contiguous()
+    if target is not None:
+        tensors["target"] = torch.full_like(tensors["labels"], target)
+    return tensors
 
 
 def _version() -> str | None:

@@ -56,6 +56,14 @@ def run_prepare(args: argparse.Namespace) -> int:
     if canonical_name(spec.name) is not None:
         print(f"{spec.name} is stored as arrays already: nothing to prepare")
         return 0
+    from robustlab.data.registry import resolve_data_dir
+    from robustlab.data.tarshards import find_shards
+
+    if find_shards(spec.name, resolve_data_dir(args.data_dir)) is not None:
+        print(
+            f"{spec.name} is tar shards, read by offset and decoded per batch: nothing to prepare"
+        )
+        return 0
     path = _find_path(spec.name, args.data_dir)
     if not path.is_dir() or (path / "images.npy").exists():
         print(f"{path} is an array source (read by row or in memory): nothing to prepare")

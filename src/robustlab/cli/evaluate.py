@@ -96,7 +96,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--transfer", nargs="+", type=Path, metavar="RUN_DIR", help="transfer matrix over runs"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, distributed=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +111,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("give either RUN_DIR or --transfer RUN1 RUN2 ..., not both")
         if len(args.transfer) < 2:
             raise UserError(f"--transfer needs at least 2 runs, got {len(args.transfer)}")
+        if not is_main():  # the transfer matrix is not sharded: rank 0 alone runs it
+            return 0
         with claim_results(args, args.transfer[0], "transfer"):
             return run_transfer(args)
     if args.run_dir is None:
@@ -124,8 +126,17 @@ def run(args: argparse.Namespace) -> int:
     if used or args.eps:
         shown = "--" + ", --".join(n.replace("_", "-") for n in used or ["eps"])
         raise UserError(f"{shown} need(s) --attack")
+    if not is_main():  # clean accuracy is one pass: rank 0 alone runs it
+        return 0
     with claim_results(args, args.run_dir, None):
         return run_clean(args)
+
+
+def is_main() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that writes and prints."""
+    from robustlab import distributed
+
+    return distributed.is_main()
 
 
 def claim_results(args: argparse.Namespace, run_dir: Path, kind: str | None) -> Any:
@@ -143,8 +154,8 @@ def claim_results(args: argparse.Namespace, run_dir: Path, kind: str | None) -> 
     else:
         attack, _ = build_attack(args)  # bad settings are reported before any folder is made
         folder, flag = args.out or run_dir / kind / attack.name, "--out"
-    if not (run_dir / "model.safetensors").is_file():
-        return contextlib.nullcontext()
+    if not (run_dir / "model.safetensors").is_file() or not is_main():
+        return contextlib.nullcontext()  # only rank 0 writes, so only it claims the folder
     return claim_output(folder, flag)
 
 
@@ -290,29 +301,25 @@ def run_clean(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- robustness
 
 
-def run_robustness(args: argparse.Namespace) -> int:
-    """Curves (white-box, black-box per surrogate, noise), records, examples, flags, report."""
+@dataclasses.dataclass
+class AttackImages:
+    """The images an evaluation attacks: a streamed split stays streamed (positions only)."""
+
+    x: Any  # (N, C, H, W) tensor or StreamedImages
+    y: Any  # (N,) labels
+    indices: Any  # (N,) positions in the split
+    target_labels: Any  # (N,) the class of a targeted attack, else None
+    classes: list[str]
+
+
+def attack_images(args: argparse.Namespace, target: LoadedRun) -> AttackImages:
+    """The split's first ``--limit`` images, without those of ``--target-class`` if given."""
     import torch
 
     from robustlab.data.stream import take
-    from robustlab.evaluation import predict_logits, robustness_curves, write_robustness_outputs
-    from robustlab.evaluation.outputs import OutputRequest
-    from robustlab.evaluation.records import EvaluatedImages
-    from robustlab.evaluation.robustness import CurveRequest
-    from robustlab.reporting import build_report
 
-    attack, epsilons = build_attack(args)
-    names = unique_names([args.run_dir, *args.surrogate])
-    target = load_run(args.run_dir, args.device, names[0])
-    surrogates = [
-        load_run(path, args.device, name)
-        for path, name in zip(args.surrogate, names[1:], strict=True)
-    ]
-    for surrogate in surrogates:
-        check_same_task(target, surrogate)
     imageset = getattr(load_split(target, args.split, args.data_dir), args.split)
     classes = target.classes or list(imageset.classes)
-    # take: a streamed split stays streamed (positions only, nothing read yet)
     x, y = take(imageset.images, slice(args.limit)), imageset.labels[: args.limit]
     indices = torch.arange(len(y))
     target_labels = None
@@ -323,10 +330,32 @@ def run_robustness(args: argparse.Namespace) -> int:
         target_labels = torch.full_like(y, wanted)
     if len(y) == 0:
         raise UserError(f"no images to attack in split '{args.split}'")
-    out = args.out or args.run_dir / "robustness" / attack.name
-    kept = range(min(len(y), max(args.save_adversarials, 8 * args.examples)))
-    shown = ", ".join(f"{eps:.4g}" for eps in epsilons)
-    print(f"{attack.name} on {target.name}: {len(y)} {args.split} images, eps {shown}")
+    return AttackImages(x, y, indices, target_labels, classes)
+
+
+def run_robustness(args: argparse.Namespace) -> int:
+    """Curves (white-box, black-box per surrogate, noise), records, examples, flags, report.
+
+    Under torchrun every rank attacks its own batches (``sweep_chunks``) and rank 0 writes.
+    """
+    from robustlab.evaluation import robustness_curves
+    from robustlab.evaluation.robustness import CurveRequest
+
+    attack, epsilons = build_attack(args)
+    names = unique_names([args.run_dir, *args.surrogate])
+    target = load_run(args.run_dir, args.device, names[0])
+    surrogates = [
+        load_run(path, args.device, name)
+        for path, name in zip(args.surrogate, names[1:], strict=True)
+    ]
+    for surrogate in surrogates:
+        check_same_task(target, surrogate)
+    images = attack_images(args, target)
+    n = len(images.y)
+    kept = range(min(n, max(args.save_adversarials, 8 * args.examples)))
+    if is_main():
+        shown = ", ".join(f"{eps:.4g}" for eps in epsilons)
+        print(f"{attack.name} on {target.name}: {n} {args.split} images, eps {shown}")
     request = CurveRequest(
         attack,
         tuple(epsilons),
@@ -340,35 +369,50 @@ def run_robustness(args: argparse.Namespace) -> int:
     )
     result = robustness_curves(
         target.model,
-        x,
-        y,
+        images.x,
+        images.y,
         request,
         surrogate_models={s.name: s.model for s in surrogates},
-        target_classes=target_labels,
+        target_classes=images.target_labels,
     )
+    target_labels = images.target_labels
     result.settings |= {
         "run_dir": str(args.run_dir),
         "surrogate_runs": {s.name: str(s.path) for s in surrogates},
         "split": args.split,
         "limit": args.limit,
-        "target_class": None if target_labels is None else classes[int(target_labels[0])],
+        "target_class": None if target_labels is None else images.classes[int(target_labels[0])],
         "data": target.config.get("data"),
     }
     for run in [target, *surrogates]:
         result.models[run.name] |= {"run_dir": str(run.path), "arch": run.model.spec.arch}
-    clean_logits = predict_logits(target.model, x, args.batch_size)
+    if is_main():
+        out = args.out or args.run_dir / "robustness" / attack.name
+        write_robustness(args, out, result, target, images)
+    return 0
+
+
+def write_robustness(
+    args: argparse.Namespace, out: Path, result: Any, target: LoadedRun, images: AttackImages
+) -> None:
+    """``--out``: curves, records, examples, adversarials and the report; the curves printed."""
+    from robustlab.evaluation import predict_logits, write_robustness_outputs
+    from robustlab.evaluation.outputs import OutputRequest
+    from robustlab.evaluation.records import EvaluatedImages
+    from robustlab.reporting import build_report
+
+    clean_logits = predict_logits(target.model, images.x, args.batch_size)
+    evaluated = EvaluatedImages(images.x, images.y, clean_logits, images.classes, images.indices)
     outputs = OutputRequest(
         examples=args.examples,
         adversarials=args.save_adversarials,
-        show_filter=target_labels is not None,
+        show_filter=images.target_labels is not None,
         batch_size=args.batch_size,
     )
-    images = EvaluatedImages(x, y, clean_logits, classes, indices)
-    write_robustness_outputs(out, result, target.model, images, outputs)
+    write_robustness_outputs(out, result, target.model, evaluated, outputs)
     report = build_report(out)
     _print_curves(result.to_dict())
     print(f"wrote {out} (open {report})")
-    return 0
 
 
 def _print_curves(data: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ Generic sources (``DataSpec.name`` is a path, tried as given, then under the dat
 - a folder holding ``images.npy`` + ``labels.npy`` (optional ``class_names.npy`` or
   ``classes.txt``, one name a line), or the path of such an ``images.npy``;
 - an ``.npz`` with ``images`` and ``labels`` (optional ``class_names``); ``task`` may name
-  another label array in it, with names in ``<task>_names``.
+  another label array in it, with names in ``<task>_names``;
+- WebDataset tar shards: a folder of ``*.tar``, one ``.tar`` or ``train-{000..009}.tar``
+  (``data.tarshards``), decoded per batch when streamed.
 Images are (N, H, W, C) with C = 1 or 3, or (N, H, W) grey; uint8 0..255 or float in [0, 1].
 """
 
@@ -52,6 +54,7 @@ from robustlab.data.spec import (
 )
 from robustlab.data.split import select_classes, split_indices, subsample
 from robustlab.data.stream import ENV_BUDGET, StreamedImages, memory_budget, open_npy_rows
+from robustlab.data.tarshards import find_shards, read_shards
 from robustlab.data.transforms import to_tensor
 from robustlab.errors import UserError, suggestion
 
@@ -226,6 +229,10 @@ def load_source(
     """The validated raw arrays of ``spec.name`` and the task used."""
     if canonical_name(spec.name) is not None:
         return load_named(spec.name, spec.task, data_dir, download=download, opener=opener)
+    shards = find_shards(spec.name, resolve_data_dir(data_dir))
+    if shards is not None:
+        _no_task(spec, "tar shards")
+        return read_shards(shards, spec), None
     path = _find_path(spec.name, data_dir)
     if path.is_dir():
         if (path / "images.npy").exists():
@@ -240,7 +247,8 @@ def load_source(
         return _read_npy_pair(path), None
     raise UserError(
         f"data.name {path} is not a supported source: give a folder of class sub-folders, "
-        "a folder with images.npy + labels.npy, or an .npz with images and labels"
+        "a folder with images.npy + labels.npy, an .npz with images and labels, or "
+        "WebDataset .tar shards"
     )
 
 
@@ -355,11 +363,12 @@ def _npy_pair_cached(
 
 def clear_caches() -> None:
     """Drop every cached array (sources are re-read on next use)."""
-    from robustlab.data import arrays, folder, idx, registry
+    from robustlab.data import arrays, folder, idx, registry, tarshards
 
     arrays.clear_caches()
     idx._read_idx_cached.cache_clear()
     folder._read_folder_cached.cache_clear()
+    tarshards._index_cached.cache_clear()
     registry._npz_task_cached.cache_clear()
     registry._idx_pool_cached.cache_clear()
     registry._digits_cached.cache_clear()

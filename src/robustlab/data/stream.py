@@ -50,8 +50,14 @@ def memory_budget() -> int:
     """Bytes of float32 pixels a split set may take in memory before it streams instead.
 
     ``$ROBUSTLAB_MEMORY_BUDGET`` (e.g. ``4G``; ``0`` streams everything), else the smaller of
-    2 GiB and an eighth of the machine's memory.
+    2 GiB and an eighth of the machine's memory. The budget is the machine's: under torchrun
+    each of the ranks on this machine gets an equal share of it, so ranks that would each hold
+    the whole set in memory stream it instead, each reading only its batches.
     """
+    return _machine_budget() // local_processes()
+
+
+def _machine_budget() -> int:
     text = os.environ.get(ENV_BUDGET)
     if text:
         return parse_bytes(text, f"${ENV_BUDGET}")
@@ -60,6 +66,12 @@ def memory_budget() -> int:
     except (ValueError, OSError, AttributeError):  # not every platform reports it
         return DEFAULT_BUDGET_CAP
     return min(DEFAULT_BUDGET_CAP, total // 8)
+
+
+def local_processes() -> int:
+    """Processes sharing this machine's memory: torchrun's ``LOCAL_WORLD_SIZE``, else 1."""
+    text = os.environ.get("LOCAL_WORLD_SIZE", "1") if "RANK" in os.environ else "1"
+    return max(1, int(text)) if text.strip().isdigit() else 1
 
 
 def data_workers() -> int:

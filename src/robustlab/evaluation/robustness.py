@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustlab.attacks import Attack, SweepResult, as_logits_model, get_attack, sweep
+from robustlab.attacks import Attack, SweepResult, as_logits_model, get_attack
+from robustlab.attacks.sweep import sweep_chunks
 from robustlab.errors import UserError
 from robustlab.evaluation.accuracy import model_device, predict_logits, require_eval_mode
 from robustlab.evaluation.grade import evaluation_grade
@@ -181,22 +182,20 @@ def score_perturbations(
     require_eval_mode(target_model, "target model")
     require_eval_mode(crafting_model, "surrogate model")
     scorer = _Scorer(as_logits_model(target_model), model_device(target_model), request)
-    crafting_device = model_device(crafting_model)
-    parts = []
-    for start in range(0, len(x), request.batch_size):
-        batch = slice(start, start + request.batch_size)
-        xb = x[batch]  # read once: x may be streamed from disk
-        result = sweep(
-            request.attack,
-            crafting_model,
-            xb.to(crafting_device),
-            y[batch].to(crafting_device),
-            list(request.epsilons),
-            target=None if target_classes is None else target_classes[batch].to(crafting_device),
-            keep_adversarials=True,
-            worst_case=request.worst_case,
-        )
-        parts.append(scorer.score(xb, start, result))
+    # under torchrun each rank crafts and scores its own batches; only the scores are gathered
+    parts = sweep_chunks(
+        request.attack,
+        crafting_model,
+        x,
+        y,
+        list(request.epsilons),
+        reduce=lambda part, xb, result: scorer.score(xb, part.start, result),
+        target=target_classes,
+        batch_size=request.batch_size,
+        keep_adversarials=True,
+        worst_case=request.worst_case,
+        device=model_device(crafting_model),
+    )
     return Outcome.concat(parts)
 
 
@@ -219,7 +218,7 @@ class _Scorer:
             with torch.no_grad():
                 probs = self.logits(adversarial.to(self.device)).float().softmax(dim=1).cpu()
             conf, pred = probs.max(dim=1)
-            delta = (adversarial.cpu() - xb).flatten(1)
+            delta = (adversarial - xb).cpu().flatten(1)
             preds.append(pred)
             confs.append(conf)
             l2s.append(delta.norm(dim=1))
