@@ -127,41 +127,11 @@ def sweep(
         runner = attack.with_eps(max(eps_list))._sweep_runner(
             view, x, y, target, keep_adversarials, batch_size
         )
-        if runner.clean_pred is not None:
-            clean_pred = runner.clean_pred
-        else:
+        clean_pred = runner.clean_pred
+        if clean_pred is None:
             clean_pred = view.predict(x, batch_size)
-        initial_stage = torch.where(is_success(clean_pred, y, target), -1, -2)
-        carry = _Carry(
-            clean_pred, x, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]), initial_stage
-        )
-        staged = False
-        outcomes: dict[int, _Carry] = {}
-        for k in sorted(range(len(eps_list)), key=eps_list.__getitem__):
-            if worst_case:  # only samples still standing are attacked; the rest carry over
-                todo = ~is_success(carry.pred, y, target)
-                current = carry.copy(keep_adversarials)
-            else:
-                todo = torch.ones_like(y, dtype=torch.bool)
-                current = _Carry(clean_pred, x, carry.linf, carry.l2, initial_stage)
-                current = current.copy(keep_adversarials)
-            idx = todo.nonzero().squeeze(1)
-            if idx.numel():
-                new_adv, new_pred = runner.run(idx, eps_list[k])
-                if new_pred is None:
-                    new_pred = view.predict(new_adv, batch_size)
-                current.pred[idx] = new_pred
-                delta = new_adv - x[idx]
-                current.linf[idx] = flat_norm(delta, "linf")
-                current.l2[idx] = flat_norm(delta, "l2")
-                if keep_adversarials:
-                    current.adv[idx] = new_adv
-                if view.stage is not None:
-                    current.stage[idx], view.stage, staged = view.stage, None, True
-            outcomes[k] = current
-            if worst_case:
-                carry = current
-    ordered = [outcomes[k] for k in range(len(eps_list))]
+        step = _Step(runner, view, x, keep_adversarials, batch_size)
+        ordered, staged = step.every_epsilon(eps_list, clean_pred, y, target, worst_case)
     preds = torch.stack([outcome.pred for outcome in ordered])
     return SweepResult(
         epsilons=eps_list,
@@ -189,6 +159,62 @@ def _empty_result(x: Tensor, y: Tensor, eps_list: list[float], keep: bool) -> Sw
         delta_linf=x.new_zeros((len(eps_list), 0)),
         delta_l2=x.new_zeros((len(eps_list), 0)),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One epsilon of a sweep: attacks the samples still to do and records their outcome."""
+
+    runner: Any  # the attack's sweep runner
+    view: ModelView
+    x: Tensor
+    keep_adversarials: bool
+    batch_size: int | None
+
+    def every_epsilon(
+        self, eps_list: list[float], clean_pred: Tensor, y: Tensor, target: Any, worst_case: bool
+    ) -> tuple[list[_Carry], bool]:
+        """Each epsilon's outcome, in ``eps_list`` order (attacked smallest first), and whether
+        a cascade recorded stages."""
+        x = self.x
+        initial_stage = torch.where(is_success(clean_pred, y, target), -1, -2)
+        carry = _Carry(
+            clean_pred, x, x.new_zeros(x.shape[0]), x.new_zeros(x.shape[0]), initial_stage
+        )
+        staged = False
+        outcomes: dict[int, _Carry] = {}
+        for k in sorted(range(len(eps_list)), key=eps_list.__getitem__):
+            if worst_case:  # only samples still standing are attacked; the rest carry over
+                todo = ~is_success(carry.pred, y, target)
+                current = carry.copy(self.keep_adversarials)
+            else:
+                todo = torch.ones_like(y, dtype=torch.bool)
+                current = _Carry(clean_pred, x, carry.linf, carry.l2, initial_stage)
+                current = current.copy(self.keep_adversarials)
+            idx = todo.nonzero().squeeze(1)
+            if idx.numel():
+                staged = self.attack(current, idx, eps_list[k]) or staged
+            outcomes[k] = current
+            if worst_case:
+                carry = current
+        return [outcomes[k] for k in range(len(eps_list))], staged
+
+    def attack(self, current: _Carry, idx: Tensor, eps: float) -> bool:
+        """Write samples ``idx``'s outcome at ``eps`` into ``current``; True when a cascade
+        recorded which member fooled them."""
+        new_adv, new_pred = self.runner.run(idx, eps)
+        if new_pred is None:
+            new_pred = self.view.predict(new_adv, self.batch_size)
+        current.pred[idx] = new_pred
+        delta = new_adv - self.x[idx]
+        current.linf[idx] = flat_norm(delta, "linf")
+        current.l2[idx] = flat_norm(delta, "l2")
+        if self.keep_adversarials:
+            current.adv[idx] = new_adv
+        if self.view.stage is None:
+            return False
+        current.stage[idx], self.view.stage = self.view.stage, None
+        return True
 
 
 @dataclasses.dataclass
@@ -280,11 +306,7 @@ def sweep_chunks(
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    if isinstance(images, Tensor):
-        images, labels, target_t = check_inputs(images, labels, target)
-    else:  # streamed: labels checked here against a zero-copy stand-in, pixels per chunk
-        stand_in = torch.zeros((1, *images.shape[1:])).expand(len(images), -1, -1, -1)
-        _, labels, target_t = check_inputs(stand_in, labels, target)
+    images, labels, target_t = _checked_dataset(images, labels, target)
     if images.shape[0] == 0:
         return []
 
@@ -317,6 +339,16 @@ def sweep_chunks(
         store=store,
         progress=f"{attack.name} sweep" if progress else None,
     )
+
+
+def _checked_dataset(images: Tensor, labels: Tensor, target: Any) -> tuple[Tensor, Tensor, Any]:
+    """``check_inputs`` for a data set; a streamed one is checked against a zero-copy stand-in
+    (its pixels are checked per chunk, when read)."""
+    if isinstance(images, Tensor):
+        return check_inputs(images, labels, target)
+    stand_in = torch.zeros((1, *images.shape[1:])).expand(len(images), -1, -1, -1)
+    _, labels, target_t = check_inputs(stand_in, labels, target)
+    return images, labels, target_t
 
 
 def _cpu_fields(part: slice, x: Tensor, result: SweepResult) -> dict[str, Any]:
