@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from robustlab.budgets import budgets, check_budget
 from robustlab.errors import UserError, suggestion
@@ -77,10 +77,12 @@ class DefenceConfig(Strict):
 
 
 class ModelConfig(Strict):
-    """One model of a study: its architecture, how it is trained, and an optional defence."""
+    """One model of a study: its architecture, how it is trained, and an optional defence;
+    or ``run``: an existing run folder (trained or imported) that is loaded, not trained."""
 
     name: Name
-    arch: str
+    arch: str | None = None  # required unless ``run`` is given
+    run: Path | None = None  # a run folder (robustlab train / import); excludes every other field
     pretrained: str | None = None
     resize_to: int | None = Field(default=None, ge=8, le=1024)
     drop_rate: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -100,10 +102,42 @@ class ModelConfig(Strict):
     augment: tuple[Literal["crop", "flip", "jitter"], ...] = ()  # opt-in training augmentation
     defence: DefenceConfig | None = None
 
+    @model_validator(mode="after")
+    def _run_or_architecture(self) -> ModelConfig:
+        """Either an architecture to train or an existing run folder, never both."""
+        if self.run is None:
+            if self.arch is None:
+                raise UserError("missing key 'arch' (or 'run': an existing run folder)")
+            return self
+        defaults = type(self).model_fields
+        given = [
+            key
+            for key in defaults
+            if key not in ("name", "run") and getattr(self, key) != defaults[key].get_default(call_default_factory=True)
+        ]
+        if given:
+            raise UserError(
+                f"run: a run folder is loaded as it is; remove {', '.join(given)} "
+                "(architecture and training settings)"
+            )
+        from robustlab.models.checkpoint import read_run_config
+
+        try:
+            read_run_config(self.run)
+        except UserError as error:
+            raise UserError(f"run: {error}") from None
+        return self
+
+    def describe(self) -> str:
+        """The architecture, or where a loaded run comes from (for tables and titles)."""
+        return self.arch if self.arch is not None else f"run {self.run}"
+
     def model_spec(self) -> ModelSpec:
         """The architecture; class count, channels and input size are filled from the data."""
         from robustlab.models import ModelSpec
 
+        if self.arch is None:
+            raise UserError(f"model '{self.name}' is loaded from {self.run}; it has no spec to build")
         return ModelSpec(
             arch=self.arch,
             num_classes=2,

@@ -140,7 +140,7 @@ def check_names(config: StudyConfig, source: str) -> None:
         try:
             if isinstance(block, DataConfig):
                 _check_data(block)
-            elif isinstance(block, ModelConfig):
+            elif block_is_built(block):  # a loaded run was checked when validated
                 _check_model(block)
             elif isinstance(block, AttackConfig | DefenceConfig):
                 block.build()
@@ -166,7 +166,7 @@ def _check_models_take_the_data(config: StudyConfig, source: str) -> None:
         return  # the native size is known only once the data is read
     online = bool(getattr(config, "online", False))
     for loc, block in iter_blocks(config):
-        if isinstance(block, ModelConfig) and (online or not str(loc[0]).startswith("online")):
+        if block_is_built(block) and (online or not str(loc[0]).startswith("online")):
             try:
                 spec = block.model_spec()
                 chans = data.channels or (len(spec.mean) if spec.mean else 3)
@@ -194,6 +194,11 @@ def _warn_where_results_mean_little(config: StudyConfig, source: str) -> None:
                 where,
                 surrogate,
             )
+
+
+def block_is_built(block: Any) -> bool:
+    """A model the study builds from its architecture (not one loaded from a run folder)."""
+    return isinstance(block, ModelConfig) and block.run is None
 
 
 def _check_data(block: DataConfig) -> None:
