@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models.*.epochs=1, attacks.eps=[0.01,0.03] (values are YAML)",
     )
     parser.add_argument("--restart", action="store_true", help="discard an existing run in --out")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where every step trains and attacks: auto (CUDA if any, else cpu), cpu, cuda:1, ...",
+    )
     parser.add_argument("--list", action="store_true", help="list the shipped presets and exit")
     parser.add_argument(
         "--show-config", action="store_true", help="print the resolved config and exit"
@@ -61,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     study = resolve_data(study, args.data_dir)
     with claim_output(out):
         results = run_study(
-            study, out, data_dir=args.data_dir, restart=args.restart, progress=show_progress()
+            study,
+            out,
+            data_dir=args.data_dir,
+            restart=args.restart,
+            progress=show_progress(),
+            device=args.device,
         )
     summary = study.module.summary(study.config, results["steps"])
     print(

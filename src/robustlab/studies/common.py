@@ -102,6 +102,7 @@ def train_step(model: ModelConfig, data: DataConfig, expected_seconds: float) ->
                 defence=defence,
                 data_dir=ctx.data_dir,
                 progress=ctx.progress,
+                device=ctx.device,
             )
         # Timings live in the runner's records; results hold only what a rerun reproduces.
         return {key: value for key, value in metrics.items() if key != "seconds"}
@@ -130,8 +131,13 @@ def load_model(ctx: StepContext, name: str) -> nn.Module:
             model, _ = _load_run(name, Path(loaded["run"]), loaded["sha256"])
         else:
             model, _ = load_checkpoint(ctx.step_dir(train_step_name(name)))
-        ctx.cache[key] = model.eval()
+        ctx.cache[key] = model.to(ctx.device).eval()
     return ctx.cache[key]
+
+
+def on_device(ctx: StepContext, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` on the device the study's models run on (``robustlab run --device``)."""
+    return tuple(tensor.to(ctx.device) for tensor in tensors)
 
 
 def run_step(model: ModelConfig, data: DataConfig) -> Step:
@@ -144,6 +150,7 @@ def run_step(model: ModelConfig, data: DataConfig) -> Step:
 
         source = model.run.resolve()
         loaded, config = _load_run(model.name, source, None)
+        loaded.to(ctx.device)
         splits = splits_for(ctx, data)
         _check_run_fits(model.name, config, splits)
         result: dict[str, Any] = {

@@ -151,7 +151,8 @@ def _base_a(ctx: StepContext, config: Config, splits: Any) -> Any:
     from robustlab.models import create_model
 
     if "base-A" not in ctx.cache:
-        ctx.cache["base-A"] = create_model(_model_spec(config, splits, config.pretrained))
+        spec = _model_spec(config, splits, config.pretrained)
+        ctx.cache["base-A"] = create_model(spec).to(ctx.device)
     return ctx.cache["base-A"]
 
 
@@ -177,13 +178,13 @@ def _train_step(config: Config, name: str, n: int, variant: str, expected: float
                 mean=_stat(base_a, "mean"),
                 std=_stat(base_a, "std"),
             )
-        )
+        ).to(ctx.device)
         total = len(model.blocks())
         if variant != "scratch":
             source = base_a if variant.startswith("A") else common.load_model(ctx, "base-B")
             transfer_blocks(source, model, n, freeze=not variant.endswith("+"))
-        train = (splits.train.images, splits.train.labels)
-        val = (splits.val.images, splits.val.labels)
+        train = common.on_device(ctx, splits.train.images, splits.train.labels)
+        val = common.on_device(ctx, splits.val.images, splits.val.labels)
         settings = config.train.model_dump(exclude={"finetune_lr_factor"})
         phases: list[tuple[str, TrainConfig]]
         if variant == "scratch":
@@ -243,7 +244,7 @@ def _craft_step(config: Config, total: int, expected: float) -> Step:
     def run(ctx: StepContext) -> dict[str, Any]:
         from safetensors.torch import save_file
 
-        x, y = common.test_images(ctx, config.data, config.eval_limit)
+        x, y = common.on_device(ctx, *common.test_images(ctx, config.data, config.eval_limit))
         model = common.load_model(ctx, crafter)
         attack = config.fgsm.build(eps=config.eps)
         x_adv = [
@@ -253,7 +254,8 @@ def _craft_step(config: Config, total: int, expected: float) -> Step:
         import torch
 
         with atomic_path(ctx.dir / "adversarials.safetensors") as tmp:
-            save_file({"x_adv": torch.cat(x_adv).contiguous(), "y": y.contiguous()}, str(tmp))
+            tensors = {"x_adv": torch.cat(x_adv), "y": y}
+            save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp))
         return {"crafted_on": crafter, "attack": config.fgsm.name, "eps": config.eps, "n": len(x)}
 
     return Step("craft-fgsm", f"craft FGSM test set on {crafter}", run, expected)
@@ -267,7 +269,7 @@ def _evaluate_step(config: Config, expected: float) -> Step:
 
         from robustlab.training.recipe import accuracy
 
-        x, y = common.test_images(ctx, config.data, config.eval_limit)
+        x, y = common.on_device(ctx, *common.test_images(ctx, config.data, config.eval_limit))
         x_adv = load_file(str(ctx.step_dir("craft-fgsm") / "adversarials.safetensors"))["x_adv"]
         pgd = config.pgd.build(eps=config.eps)
         rows = {}

@@ -201,7 +201,7 @@ def _example_step(config: Config, target: str) -> Step:
             raise UserError(
                 f"example.indices {config.example.indices} are all past the {len(test)} test images"
             )
-        x, y = test.images[indices], test.labels[indices]
+        x, y = common.on_device(ctx, test.images[indices], test.labels[indices])
         x_adv = config.example.attack.build(eps=config.example.eps)(model, x, y)
         with torch.no_grad():
             before, after = model(x).softmax(1), model(x_adv).softmax(1)
@@ -210,8 +210,8 @@ def _example_step(config: Config, target: str) -> Step:
         for row, index in enumerate(indices):
             stem = f"image{index:04d}"
             plots.plot_triptych(
-                x[row].numpy(),
-                x_adv[row].numpy(),
+                x[row].cpu().numpy(),
+                x_adv[row].cpu().numpy(),
                 ctx.dir / f"{stem}_triptych.png",
                 true_label=classes[int(y[row])],
                 clean_pred=classes[int(before[row].argmax())],

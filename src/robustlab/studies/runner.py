@@ -54,6 +54,7 @@ class StepContext:
     data_dir: Path | None = None
     progress: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one process
+    device: str = "cpu"  # where models and the tensors they take live (robustlab run --device)
 
     def step_dir(self, name: str) -> Path:
         """The output folder of another step (earlier steps' outputs are read from here)."""
@@ -177,6 +178,7 @@ def run_steps(
     data_dir: str | Path | None = None,
     progress: bool = False,
     observer: StepObserver | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run every unfinished step of ``steps`` in order; return ``{"steps", "timings"}``.
 
@@ -221,6 +223,7 @@ def run_steps(
             data_dir=Path(data_dir) if data_dir is not None else None,
             progress=progress,
             cache=cache,
+            device=device,
         )
         start = time.perf_counter()
         result = dict(step.run(context))

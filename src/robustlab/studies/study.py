@@ -296,8 +296,12 @@ def run_study(
     restart: bool = False,
     progress: bool = False,
     observer: StepObserver | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Run (or resume) ``study`` in ``out``; returns what ``results.json`` holds.
+
+    ``device``: where every step trains and runs its models (not part of the config: a run
+    resumed on another device continues).
 
     The data set must already be resolved (``resolve_data``). ``out`` is created, or must hold
     a run of the identical resolved config (else a ``UserError`` suggests --out / --restart).
@@ -308,7 +312,13 @@ def run_study(
     prepare_run_dir(out, plain, restart=restart)
     steps: list[Step] = [*study.module.steps(config), _report_step(study)]
     outcome = run_steps(
-        out, steps, seed=config.seed, data_dir=data_dir, progress=progress, observer=observer
+        out,
+        steps,
+        seed=config.seed,
+        data_dir=data_dir,
+        progress=progress,
+        observer=observer,
+        device=device,
     )
     return _results(study, outcome["steps"], outcome["timings"])
 

@@ -173,8 +173,8 @@ def _one_face(config: Config) -> Any:
             if config.face >= len(test):
                 raise UserError(f"face: index {config.face} past the {len(test)} test images")
             index = config.face
-        x, y = test.images[index : index + 1], test.labels[index : index + 1]
-        goal = torch.tensor([target])
+        x, y = common.on_device(ctx, test.images[index : index + 1], test.labels[index : index + 1])
+        goal = torch.tensor([target], device=x.device)
         with torch.no_grad():
             scores = [("original", model(x)[0].tolist(), 0.0)]
         images = [x[0]]
@@ -187,7 +187,7 @@ def _one_face(config: Config) -> Any:
             scores.append((f"beta = {beta:g}", result.logits[0].tolist(), float(result.l2[0])))
             images.append(result.x_adv[0])
             plots.plot_filter(
-                delta[0].numpy(),
+                delta[0].cpu().numpy(),
                 ctx.dir / f"filter_beta{beta:g}.png",
                 title=f"learned filter, β = {beta:g}",
             )
@@ -196,7 +196,7 @@ def _one_face(config: Config) -> Any:
             f"{name}\npredicted {classes[max(range(len(logits)), key=logits.__getitem__)]}"
             for name, logits, _ in scores
         ]
-        plot_faces([img.numpy() for img in images], titles, ctx.dir / "faces.png")
+        plot_faces([img.cpu().numpy() for img in images], titles, ctx.dir / "faces.png")
         rows = [
             {
                 "image": name,
@@ -253,7 +253,7 @@ def _sweep(config: Config) -> Any:
         faces = _correct_source_faces(ctx, config, source)[: sweep.limit]
         if len(faces) == 0:
             raise UserError("no test face of the source class is classified correctly")
-        x, y = test.images[faces], test.labels[faces]
+        x, y = common.on_device(ctx, test.images[faces], test.labels[faces])
         rows = []
         for beta in sweep.betas:
             attack = _filter(config, beta=beta, iterations=sweep.iterations)
