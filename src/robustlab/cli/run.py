@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.cli.track import live_tracking, study_step_logger
     from robustlab.errors import UserError
     from robustlab.outdir import check_writable, claim_output
     from robustlab.studies import list_presets, load_study, resolve_data, run_study
@@ -64,13 +65,14 @@ def run(args: argparse.Namespace) -> int:
     args.out = out  # where --track finds the results
     check_writable(out)
     study = resolve_data(study, args.data_dir)
-    with claim_output(out):
+    with claim_output(out), live_tracking(args, out) as tracker:
         results = run_study(
             study,
             out,
             data_dir=args.data_dir,
             restart=args.restart,
             progress=show_progress(),
+            observer=study_step_logger(tracker, out),  # --track: each step as it finishes
             device=args.device,
         )
     summary = study.module.summary(study.config, results["steps"])

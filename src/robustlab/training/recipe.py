@@ -17,7 +17,7 @@ from robustlab.errors import UserError, first_difference
 from robustlab.io import read_json, remove_stale_temporaries, write_json
 from robustlab.models import ModelSpec, create_model, save_checkpoint
 from robustlab.training.config import TrainConfig
-from robustlab.training.loop import STATE_FILE, Objective, clear_state, fit
+from robustlab.training.loop import STATE_FILE, EpochCallback, Objective, clear_state, fit
 from robustlab.training.modes import eval_mode
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def train_run(
     data_dir: str | Path | None = None,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Train a classifier and write ``RUN_DIR`` (weights, config, history); return its metrics.
 
@@ -52,6 +53,7 @@ def train_run(
     with other settings, it is refused (``UserError`` naming the first difference).
     Under torchrun every rank trains (DDP) and only rank 0 writes ``RUN_DIR``.
     ``device``: where the model and the train/val images live while training (one copy each).
+    ``on_epoch``: called with each epoch's history record as it ends (live tracking).
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
@@ -78,6 +80,7 @@ def train_run(
         objective,
         state_dir=run_dir,
         progress=progress,
+        on_epoch=on_epoch,
     )
     metrics = {
         f"{name}_accuracy": accuracy(model, split.images, split.labels, config.eval_batch_size)
