@@ -90,6 +90,10 @@ class LiveTracker(Tracker):
         """One training epoch's history record, as the epoch ends."""
         log_epoch(self, record)
 
+    def log_study_epoch(self, step: str, record: Mapping[str, Any]) -> None:
+        """An epoch of a study's training step, as ``<step>/train_loss`` etc."""
+        log_epoch(_Prefixed(self, f"{step}/"), record)
+
     def log_study_step(self, step: str, marker: Mapping[str, Any]) -> None:
         """A finished study step's numbers (its done-marker), under the keys that
         results.json gives them."""
@@ -98,6 +102,16 @@ class LiveTracker(Tracker):
         for key, value in flatten(tree):
             if _is_number(value):
                 self.log_metric(f"results/{key}", value)
+
+
+class _Prefixed:
+    """Metrics of ``tracker`` under ``prefix`` (what ``log_epoch`` needs of a tracker)."""
+
+    def __init__(self, tracker: Tracker, prefix: str) -> None:
+        self.tracker, self.prefix = tracker, prefix
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        self.tracker.log_metric(self.prefix + key, value, step)
 
 
 class TensorBoardTracker(Tracker):
@@ -263,7 +277,7 @@ def _log_history(tracker: Tracker, history: list[dict[str, Any]]) -> None:
         log_epoch(tracker, {"epoch": number, **epoch})
 
 
-def log_epoch(tracker: Tracker, record: Mapping[str, Any]) -> None:
+def log_epoch(tracker: Tracker | _Prefixed, record: Mapping[str, Any]) -> None:
     """An epoch's losses, accuracies and learning rate, at step = its epoch number."""
     for key, value in record.items():
         if key not in ("epoch", "seconds") and _is_number(value):

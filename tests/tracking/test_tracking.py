@@ -171,7 +171,7 @@ def test_train_epochs_logged_live_are_not_logged_twice(tmp_path, monkeypatch):
 TINY_STUDY = [
     "data.name=digits", "data.task=null", "data.image_size=16", "data.channels=3",
     "data.limit=120", "transfer=null", "example.indices=[0]",
-    'models=[{name: a, arch: simple-cnn, strategy: scratch, epochs: 1},'
+    'models=[{name: a, arch: simple-cnn, strategy: scratch, epochs: 2},'
     ' {name: b, arch: simple-cnn, strategy: scratch, epochs: 1, seed: 1}]',
     "surrogate=a", "target=b",
     'curves=[{name: fgsm, attack: {name: fgsm}, eps: [0.05], limit: 16, examples: 0,'
@@ -180,8 +180,9 @@ TINY_STUDY = [
 
 
 def test_run_logs_each_step_as_it_finishes(tmp_path, monkeypatch):
-    """A study that fails at its report has its finished steps in MLflow (logged live); run
-    again, it resumes, and its new MLflow run holds every step's numbers once."""
+    """A study that fails at its report has its finished steps and training epochs in MLflow
+    (logged live); run again, it resumes, and its new MLflow run holds every step's numbers
+    once."""
     import robustlab.reporting
     from robustlab.errors import UserError
 
@@ -200,6 +201,9 @@ def test_run_logs_each_step_as_it_finishes(tmp_path, monkeypatch):
     for step, key in (("train-a", "test_accuracy"), ("attack-fgsm", "clean_accuracy")):
         assert f"results/steps.{step}.{key}" in failed.data.metrics
     assert "results/timings.train-b.seconds" in failed.data.metrics
+    # and each training epoch of the study as it ended
+    points = _metric_history(uri, failed.info.run_id, "train-a/train_loss")
+    assert [point.step for point in points] == [1, 2]
 
     assert main(args) == 0
     resumed = next(r for r in _mlflow_runs(uri) if r.info.run_id != failed.info.run_id)

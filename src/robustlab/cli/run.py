@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
             restart=args.restart,
             progress=show_progress(),
             observer=study_step_logger(tracker, out),  # --track: each step as it finishes
+            on_epoch=tracker.log_study_epoch if tracker else None,  # and each training epoch
             device=args.device,
         )
     summary = study.module.summary(study.config, results["steps"])

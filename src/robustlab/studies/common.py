@@ -103,6 +103,7 @@ def train_step(model: ModelConfig, data: DataConfig, expected_seconds: float) ->
                 data_dir=ctx.data_dir,
                 progress=ctx.progress,
                 device=ctx.device,
+                on_epoch=ctx.epoch_callback(),
             )
         # Timings live in the runner's records; results hold only what a rerun reproduces.
         return {key: value for key, value in metrics.items() if key != "seconds"}

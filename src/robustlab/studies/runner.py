@@ -41,6 +41,9 @@ DONE = "done.json"
 RESULTS = "results.json"
 
 
+EpochObserver = Callable[[str, dict[str, Any]], None]
+
+
 @dataclass
 class StepContext:
     """What a step function gets: its folder, earlier results and a per-run object cache."""
@@ -55,6 +58,14 @@ class StepContext:
     progress: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one process
     device: str = "cpu"  # where models and the tensors they take live (robustlab run --device)
+    on_epoch: EpochObserver | None = None  # (step, epoch record): live tracking of training
+
+    def epoch_callback(self) -> Callable[[dict[str, Any]], None] | None:
+        """What a training step hands ``fit(on_epoch=...)``: its epochs, named by the step."""
+        on_epoch = self.on_epoch
+        if on_epoch is None:
+            return None
+        return lambda record: on_epoch(self.step, record)
 
     def step_dir(self, name: str) -> Path:
         """The output folder of another step (earlier steps' outputs are read from here)."""
@@ -179,6 +190,7 @@ def run_steps(
     progress: bool = False,
     observer: StepObserver | None = None,
     device: str = "cpu",
+    on_epoch: EpochObserver | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished step of ``steps`` in order; return ``{"steps", "timings"}``.
 
@@ -224,6 +236,7 @@ def run_steps(
             progress=progress,
             cache=cache,
             device=device,
+            on_epoch=on_epoch,
         )
         start = time.perf_counter()
         result = dict(step.run(context))

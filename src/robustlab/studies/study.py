@@ -38,6 +38,7 @@ from robustlab.studies.config import (
 )
 from robustlab.studies.runner import (
     RESULTS,
+    EpochObserver,
     Step,
     StepContext,
     StepObserver,
@@ -297,11 +298,13 @@ def run_study(
     progress: bool = False,
     observer: StepObserver | None = None,
     device: str = "cpu",
+    on_epoch: EpochObserver | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``study`` in ``out``; returns what ``results.json`` holds.
 
     ``device``: where every step trains and runs its models (not part of the config: a run
-    resumed on another device continues).
+    resumed on another device continues). ``observer`` / ``on_epoch``: told of every step and
+    of every training epoch as they end (live tracking).
 
     The data set must already be resolved (``resolve_data``). ``out`` is created, or must hold
     a run of the identical resolved config (else a ``UserError`` suggests --out / --restart).
@@ -319,6 +322,7 @@ def run_study(
         progress=progress,
         observer=observer,
         device=device,
+        on_epoch=on_epoch,
     )
     return _results(study, outcome["steps"], outcome["timings"])
 
