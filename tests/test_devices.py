@@ -37,7 +37,8 @@ class DeviceAudit(TorchFunctionMode):
 
     def _caller(self, root: str) -> str | None:
         frames = [f for f in traceback.extract_stack()[:-2] if root in f.filename]
-        return f"{frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else None
+        # folder/file.py:line of the innermost frame under root
+        return f"{'/'.join(frames[-1].filename.rsplit('/', 2)[-2:])}:{frames[-1].lineno}" if frames else None
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -123,3 +124,74 @@ def test_cpu_copies_are_plain():
     assert pin_for(x, "cpu") is x
     assert to_device(x, "cpu") is x
     assert to_device(x, None) is x
+
+
+MODEL_COMMANDS = ("train", "evaluate", "attack", "run", "import")
+
+
+def _subparsers():
+    from robustlab.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+@pytest.mark.parametrize("command", MODEL_COMMANDS)
+def test_every_command_that_runs_a_model_takes_device_auto(command):
+    options = {a.dest: a for a in _subparsers()[command]._actions}
+    assert options["device"].default == "auto"
+
+
+def test_run_on_a_missing_gpu_is_one_line_and_writes_nothing(monkeypatch, tmp_path, capsys):
+    from robustlab.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "study"
+    assert main(["run", "leaf", "--out", str(out), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robustlab: error: --device cuda") and "\n" not in err
+    assert not out.exists()
+
+
+TINY_LEAF = [
+    "data.name=digits", "data.task=null", "data.image_size=16", "data.channels=3",
+    "data.limit=120", "models.*.epochs=1", "transfer.limit=16", "example.indices=[0]",
+    'models=[{name: a, arch: simple-cnn, strategy: scratch, epochs: 1},'
+    ' {name: b, arch: simple-cnn, strategy: scratch, epochs: 1, seed: 1}]',
+    "surrogate=a", "target=b",
+    'curves=[{name: fgsm, attack: {name: ifgsm, settings: {steps: 1}}, eps: [0.05], limit: 16,'
+    ' examples: 1}]',
+]
+
+
+def test_run_passes_its_device_to_every_step(monkeypatch, tmp_path):
+    """``cpu:0`` is a device no default spells: every step's context and every training of
+    the study must have been handed it, and study code creates no tensor without a device."""
+    from robustlab.cli import main
+    from robustlab.studies import runner
+    from robustlab.training import recipe
+
+    contexts, trained_on = [], []
+
+    class RecordedContext(runner.StepContext):
+        def __init__(self, **fields) -> None:
+            super().__init__(**fields)
+            contexts.append((self.step, self.device))
+
+    def train_run(*args, device, **kwargs):
+        trained_on.append(device)
+        return real_train_run(*args, device=device, **kwargs)
+
+    real_train_run = recipe.train_run
+    monkeypatch.setattr(runner, "StepContext", RecordedContext)
+    monkeypatch.setattr("robustlab.training.train_run", train_run)
+    args = ["run", "leaf", "--out", str(tmp_path / "study"), "--device", "cpu:0"]
+    with DeviceAudit("/robustlab/", "/robustlab/studies/") as audit:
+        assert main([*args, *[a for item in TINY_LEAF for a in ("--set", item)]]) == 0
+    steps = {step for step, _ in contexts}
+    assert {"train-a", "train-b", "attack-fgsm", "examples", "transfer-matrix"} <= steps
+    assert {device for _, device in contexts} == {"cpu:0"}
+    assert trained_on == ["cpu:0", "cpu:0"]
+    in_studies = {k: n for k, n in audit.factories.items() if k.startswith("studies/")}
+    assert not in_studies, f"study code creates tensors without a device: {in_studies}"

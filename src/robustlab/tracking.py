@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +45,73 @@ class Tracker:
     def log_figure(self, path: Path, name: str) -> None:
         raise NotImplementedError
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         raise NotImplementedError
+
+
+class LiveTracker(Tracker):
+    """A tracker open while a command runs (per-epoch and per-step metrics as they come):
+    what it logged live is not logged again from the finished command's result files.
+
+    The back end is opened at the first log, so a command refused before any work leaves no
+    event file and no MLflow run behind.
+    """
+
+    def __init__(self, opener: Callable[[], Tracker]) -> None:
+        self.opener = opener
+        self.opened: Tracker | None = None
+        self.logged: set[tuple[str, int]] = set()
+
+    @property
+    def inner(self) -> Tracker:
+        if self.opened is None:
+            self.opened = self.opener()
+        return self.opened
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.inner.log_params(params)
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        if (key, step) not in self.logged:
+            self.logged.add((key, step))
+            self.inner.log_metric(key, value, step)
+
+    def log_text(self, key: str, text: str) -> None:
+        self.inner.log_text(key, text)
+
+    def log_figure(self, path: Path, name: str) -> None:
+        self.inner.log_figure(path, name)
+
+    def close(self, failed: bool = False) -> None:
+        if self.opened is not None:
+            self.opened.close(failed)
+
+    def log_epoch(self, record: Mapping[str, Any]) -> None:
+        """One training epoch's history record, as the epoch ends."""
+        log_epoch(self, record)
+
+    def log_study_epoch(self, step: str, record: Mapping[str, Any]) -> None:
+        """An epoch of a study's training step, as ``<step>/train_loss`` etc."""
+        log_epoch(_Prefixed(self, f"{step}/"), record)
+
+    def log_study_step(self, step: str, marker: Mapping[str, Any]) -> None:
+        """A finished study step's numbers (its done-marker), under the keys that
+        results.json gives them."""
+        timing = {key: value for key, value in marker.items() if key != "result"}
+        tree = {"steps": {step: marker.get("result")}, "timings": {step: timing}}
+        for key, value in flatten(tree):
+            if _is_number(value):
+                self.log_metric(f"results/{key}", value)
+
+
+class _Prefixed:
+    """Metrics of ``tracker`` under ``prefix`` (what ``log_epoch`` needs of a tracker)."""
+
+    def __init__(self, tracker: Tracker, prefix: str) -> None:
+        self.tracker, self.prefix = tracker, prefix
+
+    def log_metric(self, key: str, value: float, step: int = 0) -> None:
+        self.tracker.log_metric(self.prefix + key, value, step)
 
 
 class TensorBoardTracker(Tracker):
@@ -76,7 +141,7 @@ class TensorBoardTracker(Tracker):
             pixels = np.asarray(image.convert("RGB"))
         self.writer.add_image(name, pixels, dataformats="HWC")
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         self.writer.close()
 
 
@@ -102,8 +167,8 @@ class MlflowTracker(Tracker):
         folder = str(Path("figures") / Path(name).parent).rstrip("/.")
         self.client.log_artifact(self.run_id, str(path), folder or "figures")
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id)
+    def close(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
 
 
 def _mlflow_experiment(uri: str | None) -> tuple[Any, str, str]:
@@ -208,10 +273,15 @@ def _log_run_config(tracker: Tracker, config: dict[str, Any]) -> None:
 
 
 def _log_history(tracker: Tracker, history: list[dict[str, Any]]) -> None:
-    for step, epoch in enumerate(history, start=1):
-        for key, value in epoch.items():
-            if key not in ("epoch", "seconds") and _is_number(value):
-                tracker.log_metric(key, value, int(epoch.get("epoch", step)))
+    for number, epoch in enumerate(history, start=1):
+        log_epoch(tracker, {"epoch": number, **epoch})
+
+
+def log_epoch(tracker: Tracker | _Prefixed, record: Mapping[str, Any]) -> None:
+    """An epoch's losses, accuracies and learning rate, at step = its epoch number."""
+    for key, value in record.items():
+        if key not in ("epoch", "seconds") and _is_number(value):
+            tracker.log_metric(key, value, int(record["epoch"]))
 
 
 def _log_clean_metrics(tracker: Tracker, metrics: dict[str, Any]) -> None:
@@ -285,13 +355,16 @@ _LOGGERS = {
 
 
 def track_folder(kind: str, folder: Path, run_name: str, uri: str | None = None,
-                 *, only: tuple[str, ...] | None = None) -> list[str]:
-    """Open a tracker, log ``folder``'s result files into it, close it."""
-    tracker = open_tracker(kind, folder, run_name, uri)
+                 *, only: tuple[str, ...] | None = None,
+                 tracker: Tracker | None = None) -> list[str]:
+    """Log ``folder``'s result files into ``tracker`` (the one the command logged to live),
+    else into a new tracker of ``kind``; then close it."""
+    tracker = tracker or open_tracker(kind, folder, run_name, uri)
     try:
         logged = log_results(tracker, folder, only=only)
     finally:
         tracker.close()
-    where = getattr(tracker, "log_dir", None) or getattr(tracker, "uri", "")
+    inner = getattr(tracker, "opened", tracker)
+    where = getattr(inner, "log_dir", None) or getattr(inner, "uri", "")
     logger.info("tracked %s in %s (%s)", ", ".join(logged) or "nothing", kind, where)
     return logged

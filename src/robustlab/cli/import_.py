@@ -41,6 +41,9 @@ def register(subparsers: Any) -> None:
     names = group.add_mutually_exclusive_group()
     names.add_argument("--labels", type=Path, help="file with one class name per line, in output order")
     names.add_argument("--class-names", help="comma-separated class names in output order")
+    parser.add_argument("--device", default="auto",
+                        help="where the imported model is verified: auto (CUDA if any, else cpu), "
+                        "cpu, cuda:1, ...")
     parser.add_argument("--strip-softmax", action="store_true",
                         help="remove the model's final softmax so that attacks see logits")
     parser.set_defaults(func=run)
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         data=dataclasses.asdict(spec),
         data_info=splits.info(),
         input_size=int(splits.test.images.shape[-1]),
+        device=args.device,
     )
     foreign = config["foreign"]
     logger.info("imported %s (%s, sha256 %s…) -> %s; input contract %s", args.model_file,

@@ -32,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models.*.epochs=1, attacks.eps=[0.01,0.03] (values are YAML)",
     )
     parser.add_argument("--restart", action="store_true", help="discard an existing run in --out")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where every step trains and attacks: auto (CUDA if any, else cpu), cpu, cuda:1, ...",
+    )
     parser.add_argument("--list", action="store_true", help="list the shipped presets and exit")
     parser.add_argument(
         "--show-config", action="store_true", help="print the resolved config and exit"
@@ -40,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from robustlab.cli.track import live_tracking, study_step_logger
     from robustlab.errors import UserError
     from robustlab.outdir import check_writable, claim_output
     from robustlab.studies import list_presets, load_study, resolve_data, run_study
@@ -59,9 +65,16 @@ def run(args: argparse.Namespace) -> int:
     args.out = out  # where --track finds the results
     check_writable(out)
     study = resolve_data(study, args.data_dir)
-    with claim_output(out):
+    with claim_output(out), live_tracking(args, out) as tracker:
         results = run_study(
-            study, out, data_dir=args.data_dir, restart=args.restart, progress=show_progress()
+            study,
+            out,
+            data_dir=args.data_dir,
+            restart=args.restart,
+            progress=show_progress(),
+            observer=study_step_logger(tracker, out),  # --track: each step as it finishes
+            on_epoch=tracker.log_study_epoch if tracker else None,  # and each training epoch
+            device=args.device,
         )
     summary = study.definition.summary(study.config, results["steps"])
     print(

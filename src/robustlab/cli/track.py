@@ -2,12 +2,21 @@
 
 After a tracked command succeeds, its output folder's result files are logged (see
 ``robustlab.tracking``); which folder that is follows each command's own ``--out`` defaults.
+``train`` and ``run`` also log while they work (``live_tracking``): each epoch as it ends, each
+study step as it finishes, into the same tracker that the result files then complete.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from robustlab.studies.runner import Step, StepObserver
+    from robustlab.tracking import LiveTracker
 
 TRACKED = ("train", "evaluate", "attack", "run")
 
@@ -42,4 +51,43 @@ def track_command(args: argparse.Namespace) -> None:
 
     folder, only = tracked_output(args)
     track_folder(args.track, folder, f"{args.command} {folder.name}", args.track_uri,
-                 only=only)
+                 only=only, tracker=getattr(args, "live_tracker", None))
+
+
+@contextmanager
+def live_tracking(args: argparse.Namespace, folder: Path) -> Iterator[LiveTracker | None]:
+    """With ``--track``, on rank 0: a tracker that the command logs to while it works.
+
+    When the command succeeds the tracker stays open for ``track_command`` (run by ``main``),
+    which adds the result files and closes it: one TensorBoard folder or MLflow run per
+    command. When it fails, the tracker is closed as failed.
+    """
+    from robustlab import distributed
+
+    if not getattr(args, "track", None) or not distributed.is_main():
+        yield None
+        return
+    from robustlab.tracking import LiveTracker, open_tracker
+
+    name = f"{args.command} {Path(args.out or folder).name}"
+    tracker = LiveTracker(lambda: open_tracker(args.track, folder, name, args.track_uri))
+    try:
+        yield tracker
+    except BaseException:
+        tracker.close(failed=True)
+        raise
+    args.live_tracker = tracker
+
+
+def study_step_logger(tracker: LiveTracker | None, run_dir: Path) -> StepObserver | None:
+    """A study runner observer that logs each step's recorded result as the step finishes."""
+    if tracker is None:
+        return None
+    from robustlab.io import read_json
+    from robustlab.studies.runner import DONE
+
+    def observe(event: str, step: Step, index: int, total: int) -> None:
+        if event == "done" and step.record:
+            tracker.log_study_step(step.name, read_json(run_dir / step.name / DONE))
+
+    return observe

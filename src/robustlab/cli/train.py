@@ -51,6 +51,7 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from robustlab import distributed
+    from robustlab.cli.track import live_tracking
     from robustlab.training import TrainSpec, train_run
 
     config = spec_from_args(args, TrainSpec)
@@ -68,17 +69,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         # every rank trains into the folder rank 0 chose (the run itself, or its replacement)
         work_dir = distributed.broadcast_object(replacement.staging if replacement else out)
-        metrics = train_run(
-            work_dir,
-            data,
-            model,
-            config,
-            objective=objective,
-            defence=defence,
-            data_dir=args.data_dir,
-            progress=show_progress(),
-            device=args.device,
-        )
+        with live_tracking(args, work_dir) as tracker:  # --track: each epoch as it ends
+            metrics = train_run(
+                work_dir,
+                data,
+                model,
+                config,
+                objective=objective,
+                defence=defence,
+                data_dir=args.data_dir,
+                progress=show_progress(),
+                device=args.device,
+                on_epoch=tracker.log_epoch if tracker else None,
+            )
         if replacement is not None:
             replacement.commit()  # the old run is replaced only by a finished one
     except BaseException:

@@ -84,6 +84,8 @@ def train_step_name(model: str) -> str:
 
 def train_step(model: ModelConfig, data: DataConfig) -> Step:
     """Train ``model`` into the step folder (``train_run`` resumes from its last epoch)."""
+    if model.run is not None:
+        return run_step(model, data)
 
     def run(ctx: StepContext) -> dict[str, Any]:
         from robustlab.training import train_run
@@ -100,6 +102,8 @@ def train_step(model: ModelConfig, data: DataConfig) -> Step:
                 defence=defence,
                 data_dir=ctx.data_dir,
                 progress=ctx.progress,
+                device=ctx.device,
+                on_epoch=ctx.epoch_callback(),
             )
         # Timings live in the runner's records; results hold only what a rerun reproduces.
         return {key: value for key, value in metrics.items() if key != "seconds"}
@@ -118,14 +122,104 @@ def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def load_model(ctx: StepContext, name: str) -> nn.Module:
-    """The trained model ``name`` (from its training step's folder), in eval mode, cached."""
+    """The model ``name`` in eval mode, cached: trained in its training step's folder, or the
+    run folder that step loaded (refused when its weights changed since)."""
     from robustlab.models import load_checkpoint
 
     key = f"model:{name}"
     if key not in ctx.cache:
-        model, _ = load_checkpoint(ctx.step_dir(train_step_name(name)))
-        ctx.cache[key] = model.eval()
+        loaded = ctx.results.get(train_step_name(name), {})
+        if "run" in loaded:
+            model, _ = _load_run(name, Path(loaded["run"]), loaded["sha256"])
+        else:
+            model, _ = load_checkpoint(ctx.step_dir(train_step_name(name)))
+        ctx.cache[key] = model.to(ctx.device).eval()
     return ctx.cache[key]
+
+
+def on_device(ctx: StepContext, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` on the device the study's models run on (``robustlab run --device``)."""
+    return tuple(tensor.to(ctx.device) for tensor in tensors)
+
+
+def run_step(model: ModelConfig, data: DataConfig) -> Step:
+    """Load the run folder ``model.run`` in place of training: checked against the study's
+    data, scored on its splits, and the sha256 of its weights recorded for later steps."""
+    assert model.run is not None
+
+    def run(ctx: StepContext) -> dict[str, Any]:
+        from robustlab.evaluation import predict_logits
+
+        source = model.run.resolve()
+        loaded, config = _load_run(model.name, source, None)
+        loaded.to(ctx.device)
+        splits = splits_for(ctx, data)
+        _check_run_fits(model.name, config, splits)
+        result: dict[str, Any] = {
+            "run": str(source),
+            "sha256": _weights_sha256(source, config),
+            "arch": config["model"]["arch"],
+            "epochs_run": (config.get("metrics") or {}).get("epochs_run"),
+        }
+        for split in ("train", "val", "test"):
+            images = getattr(splits, split)
+            predicted = predict_logits(loaded, images.images, _SCORING_BATCH).argmax(1)
+            result[f"{split}_accuracy"] = (predicted == images.labels).float().mean().item()
+        ctx.cache[f"model:{model.name}"] = loaded
+        return result
+
+    return Step(train_step_name(model.name), f"load {model.name} from {model.run}", run, 3.0)
+
+
+_SCORING_BATCH = 100
+
+
+def _weights_sha256(run_dir: Path, config: Mapping[str, Any]) -> str:
+    """The sha256 of the file holding a run's weights (an imported run: its model file)."""
+    from robustlab.models.checkpoint import WEIGHTS_FILE
+    from robustlab.models.foreign.importer import sha256_of
+
+    foreign = config.get("foreign")
+    return sha256_of(run_dir / (foreign["file"] if foreign else WEIGHTS_FILE))
+
+
+def _load_run(name: str, run_dir: Path, sha256: str | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of ``run_dir`` in eval mode and its run config; with ``sha256``, refused
+    unless its weights still hash to it."""
+    from robustlab.errors import UserError
+    from robustlab.models import load_checkpoint
+
+    try:
+        model, config = load_checkpoint(run_dir)
+    except UserError as error:
+        raise UserError(f"model '{name}': {error}") from None
+    if sha256 is not None and _weights_sha256(run_dir, config) != sha256:
+        raise UserError(
+            f"model '{name}': the weights of run {run_dir} changed since this study loaded "
+            "them (sha256 differs); run the study again with --restart"
+        )
+    return model.eval(), config
+
+
+def _check_run_fits(name: str, config: Mapping[str, Any], splits: DataSplits) -> None:
+    """A loaded run must take the study's images and answer in its classes, in its order."""
+    from robustlab.errors import UserError
+
+    spec = config["model"]
+    images = splits.test.images
+    wanted = (int(images.shape[1]), int(images.shape[-1]))
+    if (spec.get("in_chans"), spec.get("input_size")) != wanted:
+        raise UserError(
+            f"model '{name}': run takes {spec.get('in_chans')}x{spec.get('input_size')}px images "
+            f"but the study's data are {wanted[0]}x{wanted[1]}px; set data.image_size / "
+            "data.channels to match"
+        )
+    classes = [str(c) for c in splits.test.classes]
+    if [str(c) for c in config.get("classes") or []] != classes:
+        raise UserError(
+            f"model '{name}': the run's classes {config.get('classes')} differ from the study "
+            f"data's {classes} (same names, same order)"
+        )
 
 
 def pixel_scale(side: int | None) -> float:
@@ -336,8 +430,9 @@ def models_table(results: Mapping[str, Any], models: Sequence[ModelConfig], capt
         rows.append(
             [
                 model.name,
-                model.arch + (f" ({model.pretrained})" if model.pretrained else ""),
-                model.strategy + (f" + {model.defence.name}" if model.defence else ""),
+                model.describe() + (f" ({model.pretrained})" if model.pretrained else ""),
+                "loaded" if model.run else model.strategy
+                + (f" + {model.defence.name}" if model.defence else ""),
                 metrics.get("epochs_run"),
                 metrics.get("train_accuracy"),
                 metrics.get("val_accuracy"),

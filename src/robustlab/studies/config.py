@@ -103,10 +103,47 @@ class ModelConfig(  # type: ignore[misc]
     """One model of a study: the ``ModelSpec`` fields the data does not fix, the ``TrainSpec``
     fields, and an optional defence; flat in YAML (``models[0].epochs``)."""
 
+    # ModelSpec requires ``arch``; here it is required unless ``run`` is given
+    arch: str | None = None  # type: ignore[assignment]
+    run: Path | None = None  # a run folder (robustlab train / import); excludes every other field
     defence: DefenceConfig | None = None
+
+    @model_validator(mode="after")
+    def _specs_accept(self) -> ModelConfig:
+        """Either an architecture to train (its specs must accept the block) or an existing
+        run folder, never both."""
+        if self.run is None:
+            if self.arch is None:
+                raise UserError("missing key 'arch' (or 'run': an existing run folder)")
+            return super()._specs_accept()
+        fields = type(self).model_fields
+        given = [
+            key
+            for key, info in fields.items()
+            if key not in ("name", "run")
+            and getattr(self, key) != info.get_default(call_default_factory=True)
+        ]
+        if given:
+            raise UserError(
+                f"run: a run folder is loaded as it is; remove {', '.join(given)} "
+                "(architecture and training settings)"
+            )
+        from robustlab.models.checkpoint import read_run_config
+
+        try:
+            read_run_config(self.run)
+        except UserError as error:
+            raise UserError(f"run: {error}") from None
+        return self
+
+    def describe(self) -> str:
+        """The architecture, or where a loaded run comes from (for tables and titles)."""
+        return self.arch if self.arch is not None else f"run {self.run}"
 
     def model_spec(self) -> ModelSpec:
         """The architecture; class count, channels and input size are filled from the data."""
+        if self.arch is None:
+            raise UserError(f"model '{self.name}' is loaded from {self.run}; it has no spec to build")
         return self.build(ModelSpec)
 
     def train_config(self) -> TrainSpec:

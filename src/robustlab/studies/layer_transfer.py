@@ -127,7 +127,8 @@ def _base_a(ctx: StepContext, config: Config, splits: Any) -> Any:
     from robustlab.models import create_model
 
     if "base-A" not in ctx.cache:
-        ctx.cache["base-A"] = create_model(_model_spec(config, splits, config.pretrained))
+        spec = _model_spec(config, splits, config.pretrained)
+        ctx.cache["base-A"] = create_model(spec).to(ctx.device)
     return ctx.cache["base-A"]
 
 
@@ -178,6 +179,8 @@ def _train_step(config: Config, name: str, n: int, variant: str, work: Work) -> 
                 extra={"transfer": {"variant": variant, "blocks": n}},
                 data_dir=ctx.data_dir,
                 progress=ctx.progress,
+                device=ctx.device,
+                on_epoch=ctx.epoch_callback(),
             )
         # Timings live in the runner's records; results hold only what a rerun reproduces.
         kept = {key: value for key, value in metrics.items() if key != "seconds"}
@@ -222,7 +225,9 @@ def _craft_step(config: Config, total: int, work: Work) -> Step:
         from safetensors.torch import save_file
 
         x, y = common.test_images(ctx, config.data, config.eval_limit)
-        crafted = _attack_every_image(config, config.fgsm, common.load_model(ctx, crafter), x, y)
+        crafted = _attack_every_image(
+            config, config.fgsm, common.load_model(ctx, crafter), x, y, ctx.device
+        )
         adversarials = crafted.adversarials[0]  # type: ignore[index]
         with atomic_path(ctx.dir / "adversarials.safetensors") as tmp:
             save_file({"x_adv": adversarials.contiguous(), "y": y.contiguous()}, str(tmp))
@@ -232,7 +237,7 @@ def _craft_step(config: Config, total: int, work: Work) -> Step:
 
 
 def _attack_every_image(
-    config: Config, attack: AttackConfig, model: Any, x: Any, y: Any
+    config: Config, attack: AttackConfig, model: Any, x: Any, y: Any, device: str
 ) -> SweepResult:
     """``attack`` at ``config.eps`` on every image, the clean mistakes too (not worst case)."""
     from robustlab.attacks import sweep_dataset
@@ -245,6 +250,7 @@ def _attack_every_image(
         [config.eps],
         batch_size=config.eval_batch_size,
         worst_case=False,
+        device=device,
     )
 
 
@@ -256,12 +262,12 @@ def _evaluate_step(config: Config, work: Work) -> Step:
 
         from robustlab.training.recipe import accuracy
 
-        x, y = common.test_images(ctx, config.data, config.eval_limit)
+        x, y = common.on_device(ctx, *common.test_images(ctx, config.data, config.eval_limit))
         x_adv = load_file(str(ctx.step_dir("craft-fgsm") / "adversarials.safetensors"))["x_adv"]
         accuracies = {}
         for name in config.models():
             model = common.load_model(ctx, name)
-            white_box = _attack_every_image(config, config.pgd, model, x, y)
+            white_box = _attack_every_image(config, config.pgd, model, x, y, ctx.device)
             accuracies[name] = {
                 "natural": accuracy(model, x, y, config.eval_batch_size),
                 "fgsm_from_A": accuracy(model, x_adv, y, config.eval_batch_size),

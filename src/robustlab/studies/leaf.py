@@ -130,7 +130,7 @@ def _example_step(config: Config, target_model: str) -> Step:
             raise UserError(
                 f"example.indices {config.example.indices} are all past the {len(test)} test images"
             )
-        x, y = test.images[indices], test.labels[indices]
+        x, y = common.on_device(ctx, test.images[indices], test.labels[indices])
         x_adv = config.example.attack.build(eps=config.example.eps)(model, x, y)
         with torch.no_grad():
             before, after = model(x).softmax(1), model(x_adv).softmax(1)
@@ -141,8 +141,8 @@ def _example_step(config: Config, target_model: str) -> Step:
                 index,
                 test.classes,
                 int(y[row]),
-                (x[row], x_adv[row]),
-                (before[row], after[row]),
+                (x[row].cpu(), x_adv[row].cpu()),
+                (before[row].cpu(), after[row].cpu()),
             )
             for row, index in enumerate(indices)
         ]

@@ -25,7 +25,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,9 @@ DONE = "done.json"
 RESULTS = "results.json"
 
 
+EpochObserver = Callable[[str, dict[str, Any]], None]
+
+
 @dataclass
 class StepContext:
     """What a step function gets: its folder, earlier results and a per-run object cache."""
@@ -54,6 +57,15 @@ class StepContext:
     data_dir: Path | None = None
     progress: bool = False
     cache: dict[str, Any] = field(default_factory=dict)  # shared by the steps of one process
+    device: str = "cpu"  # where models and the tensors they take live (robustlab run --device)
+    on_epoch: EpochObserver | None = None  # (step, epoch record): live tracking of training
+
+    def epoch_callback(self) -> Callable[[dict[str, Any]], None] | None:
+        """What a training step hands ``fit(on_epoch=...)``: its epochs, named by the step."""
+        on_epoch = self.on_epoch
+        if on_epoch is None:
+            return None
+        return lambda record: on_epoch(self.step, record)
 
     def step_dir(self, name: str) -> Path:
         """The output folder of another step (earlier steps' outputs are read from here)."""
@@ -272,6 +284,8 @@ def run_steps(
     data_dir: str | Path | None = None,
     progress: bool = False,
     observer: StepObserver | None = None,
+    device: str = "cpu",
+    on_epoch: EpochObserver | None = None,
 ) -> dict[str, Any]:
     """Run every unfinished step of ``steps`` in order; return ``{"steps", "timings"}``.
 
@@ -303,6 +317,7 @@ def run_steps(
         if observer:
             observer("start", step, index, total)
         context = _context(run_dir, step, seed, results, timings, data_dir, progress, cache)
+        context = replace(context, device=device, on_epoch=on_epoch)
         guessed = None if step.work and step.work.kind in costs.measured else costs.guess(step)
         start = time.perf_counter()
         result = dict(step.run(context))

@@ -38,6 +38,7 @@ from robustlab.studies.protocol import Study
 from robustlab.studies.registry import STUDIES, get_study
 from robustlab.studies.runner import (
     RESULTS,
+    EpochObserver,
     Step,
     StepContext,
     StepObserver,
@@ -134,7 +135,7 @@ def check_names(config: StudyConfig, source: str) -> None:
         try:
             if isinstance(block, DataConfig):
                 _check_data(block)
-            elif isinstance(block, ModelConfig):
+            elif block_is_built(block):  # a loaded run was checked when validated
                 _check_model(block)
             elif isinstance(block, AttackConfig | DefenceConfig):
                 block.build()
@@ -154,7 +155,7 @@ def _check_models_take_the_data(config: StudyConfig, source: str) -> None:
         return  # the native size is known only once the data is read
     online = bool(getattr(config, "online", False))
     for loc, block in iter_blocks(config):
-        if isinstance(block, ModelConfig) and (online or not str(loc[0]).startswith("online")):
+        if block_is_built(block) and (online or not str(loc[0]).startswith("online")):
             try:
                 spec = block.model_spec()
                 chans = data.channels or (len(spec.mean) if spec.mean else 3)
@@ -187,6 +188,11 @@ def _warn_where_results_mean_little(config: StudyConfig, source: str) -> None:
                 where,
                 surrogate,
             )
+
+
+def block_is_built(block: Any) -> bool:
+    """A model the study builds from its architecture (not one loaded from a run folder)."""
+    return isinstance(block, ModelConfig) and block.run is None
 
 
 def _check_data(block: DataConfig) -> None:
@@ -284,8 +290,14 @@ def run_study(
     restart: bool = False,
     progress: bool = False,
     observer: StepObserver | None = None,
+    device: str = "cpu",
+    on_epoch: EpochObserver | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) ``study`` in ``out``; returns what ``results.json`` holds.
+
+    ``device``: where every step trains and runs its models (not part of the config: a run
+    resumed on another device continues). ``observer`` / ``on_epoch``: told of every step and
+    of every training epoch as they end (live tracking).
 
     The data set must already be resolved (``resolve_data``). ``out`` is created, or must hold
     a run of the identical resolved config (else a ``UserError`` suggests --out / --restart).
@@ -296,7 +308,14 @@ def run_study(
     prepare_run_dir(out, plain, restart=restart)
     steps: list[Step] = [*study.definition.steps(config), _report_step(study)]
     outcome = run_steps(
-        out, steps, seed=config.seed, data_dir=data_dir, progress=progress, observer=observer
+        out,
+        steps,
+        seed=config.seed,
+        data_dir=data_dir,
+        progress=progress,
+        observer=observer,
+        device=device,
+        on_epoch=on_epoch,
     )
     return _results(study, outcome["steps"], outcome["timings"])
 

@@ -129,7 +129,9 @@ def _one_face(config: Config) -> Any:
 
         splits, source_class, target_class = _classes(ctx, config)
         index = _chosen_face(ctx, config, source_class, len(splits.test))
-        x, y = splits.test.images[index : index + 1], splits.test.labels[index : index + 1]
+        x, y = common.on_device(
+            ctx, splits.test.images[index : index + 1], splits.test.labels[index : index + 1]
+        )
         model = common.load_model(ctx, config.model.name)
         with torch.no_grad():
             scores = [("original", model(x)[0].tolist(), 0.0)]
@@ -138,17 +140,17 @@ def _one_face(config: Config) -> Any:
         for beta in config.betas:
             # Each beta continues from the previous filter, as the source did.
             result = _filter(config, beta=beta).optimise(
-                model, x, y, torch.tensor([target_class]), init=delta
+                model, x, y, torch.tensor([target_class], device=x.device), init=delta
             )
             delta = result.delta
             scores.append((f"beta = {beta:g}", result.logits[0].tolist(), float(result.l2[0])))
             images.append(result.x_adv[0])
             title = f"learned filter, β = {beta:g}"
-            plots.plot_filter(delta[0].numpy(), ctx.dir / f"filter_beta{beta:g}.png", title=title)
+            plots.plot_filter(delta[0].cpu().numpy(), ctx.dir / f"filter_beta{beta:g}.png", title=title)
         classes = list(splits.classes)
         rows = [_score_row(classes, name, logits, l2) for name, logits, l2 in scores]
         titles = [f"{row['image']}\npredicted {row['predicted']}" for row in rows]
-        plots.plot_images([image.numpy() for image in images], titles, ctx.dir / "faces.png")
+        plots.plot_images([image.cpu().numpy() for image in images], titles, ctx.dir / "faces.png")
         result = {
             "index": index,
             "true": classes[int(y[0])],
@@ -180,7 +182,7 @@ def _sweep(config: Config) -> Any:
         faces = _correct_source_faces(ctx, config, source_class)[: sweep.limit]
         if len(faces) == 0:
             raise UserError("no test face of the source class is classified correctly")
-        x, y = test.images[faces], test.labels[faces]
+        x, y = common.on_device(ctx, test.images[faces], test.labels[faces])
         rows = []
         for beta in sweep.betas:
             attack = _filter(config, beta=beta, iterations=sweep.iterations)
@@ -217,7 +219,7 @@ def _filter_every_face(
         goal = torch.full_like(y[part], target_class)
         result = attack.optimise(model, x[part], y[part], goal)
         linf = result.delta.flatten(1).abs().amax(1)
-        return {"success": result.success, "l2": result.l2, "linf": linf}
+        return {"success": result.success.cpu(), "l2": result.l2.cpu(), "linf": linf.cpu()}
 
     parts = map_chunks(run_batch, len(x), batch_size)
     return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}

@@ -20,8 +20,8 @@ import logging
 import math
 import pickle
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -86,6 +86,9 @@ def plan_phases(config: TrainConfig, cache_features: bool) -> list[Phase]:
     return phases
 
 
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
 def fit(
     model: nn.Module,
     train: tuple[Tensor, Tensor],
@@ -95,6 +98,7 @@ def fit(
     *,
     state_dir: str | Path | None = None,
     progress: bool = True,
+    on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place and return the per-epoch history.
 
@@ -103,6 +107,8 @@ def fit(
         head-only phases is used only with plain cross-entropy (a defence needs pixels).
     state_dir: where the resumable training state is saved after every epoch; a run started
         again with the same arguments continues from the last finished epoch.
+    on_epoch: called on rank 0 with each epoch's history record once the epoch's state is
+        saved (live experiment tracking); epochs of an earlier, resumed process are not repeated.
     """
     _check_data("train", *train, model)
     _check_data("val", *val, model)
@@ -113,55 +119,88 @@ def fit(
         and hasattr(model, "features")
         and hasattr(model, "head")
     )
-    objective = objective or cross_entropy_objective
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    phases = plan_phases(config, cache_features)
-
-    # rank 0 reads the state (state_dir need not be shared by every node) and hands it round
-    state = distributed.broadcast_object(_load_state(state_dir) if distributed.is_main() else None)
-    history: list[dict[str, Any]] = state["history"] if state else []
-    best = state["best"] if state else {"accuracy": -1.0, "epoch": 0, "weights": None}
-    if state:
-        model.load_state_dict(state["model"])
-        log.info("resuming after epoch %d from %s", len(history), state_dir)
-
-    cached: dict[str, tuple[Tensor, Tensor]] = {}
-    for phase in phases:
-        if len(history) >= phase.last_epoch or _stopped_early(history, best, config):
+    run = _Training(
+        model,
+        {"train": train, "val": val},
+        config,
+        objective or cross_entropy_objective,
+        state_dir,
+        progress,
+        on_epoch,
+    )
+    run.resume()
+    for phase in plan_phases(config, cache_features):
+        if len(run.history) >= phase.last_epoch or _stopped_early(run.history, run.best, config):
             continue
+        run.run_phase(phase)
+    if config.patience is not None and run.best["weights"] is not None:
+        model.load_state_dict(run.best["weights"])
+    freeze(model, False)
+    model.eval()
+    return run.history
+
+
+@dataclass
+class _Training:
+    """One ``fit`` call's state: the history so far, the best epoch, cached head features."""
+
+    model: nn.Module
+    data: dict[str, tuple[Tensor, Tensor]]  # "train", "val": pixels
+    config: TrainConfig
+    objective: Objective
+    state_dir: str | Path | None
+    progress: bool
+    on_epoch: EpochCallback | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"accuracy": -1.0, "epoch": 0, "weights": None}
+    )
+    state: dict[str, Any] | None = None  # what a resumed run loaded
+    cached: dict[str, tuple[Tensor, Tensor]] = field(default_factory=dict)  # head features
+
+    def resume(self) -> None:
+        """Continue from the saved state, if any."""
+        # rank 0 reads the state (state_dir need not be shared by every node) and hands it round
+        loaded = _load_state(self.state_dir) if distributed.is_main() else None
+        self.state = distributed.broadcast_object(loaded)
+        if self.state:
+            self.history, self.best = self.state["history"], self.state["best"]
+            self.model.load_state_dict(self.state["model"])
+            log.info("resuming after epoch %d from %s", len(self.history), self.state_dir)
+
+    def run_phase(self, phase: Phase) -> None:
+        """The remaining epochs of ``phase``, each saved; stops early on patience."""
+        model, config, state = self.model, self.config, self.state
         _set_trainable(model, phase.trainable)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = _make_optimizer(params, config, phase.lr)
-        if state and state["phase"] == phase.name and len(history) >= phase.first_epoch:
+        if state and state["phase"] == phase.name and len(self.history) >= phase.first_epoch:
             optimizer.load_state_dict(state["optimizer"])
-        if phase.name == "head" and not cached:
-            cached = {
-                "train": (_extract_features(model, train[0], config), train[1]),
-                "val": (_extract_features(model, val[0], config), val[1]),
+        if phase.name == "head" and not self.cached:
+            self.cached = {
+                split: (_extract_features(model, images, config), labels)
+                for split, (images, labels) in self.data.items()
             }
-        data = cached if phase.name == "head" else {"train": train, "val": val}
+        data = self.cached if phase.name == "head" else self.data
         # wrapped per phase: DDP records which parameters train when it is built
         trained = distributed.wrap_ddp(model.head if phase.name == "head" else model)
-        for epoch in range(max(phase.first_epoch, len(history) + 1), phase.last_epoch + 1):
+        for epoch in range(max(phase.first_epoch, len(self.history) + 1), phase.last_epoch + 1):
             record = _run_epoch(
-                model, trained, phase, epoch, data, optimizer, objective, config, progress
+                model, trained, phase, epoch, data, optimizer, self.objective, config, self.progress
             )
-            history.append(record)
-            if record["val_accuracy"] > best["accuracy"]:
-                best = {"accuracy": record["val_accuracy"], "epoch": epoch, "weights": None}
+            self.history.append(record)
+            if record["val_accuracy"] > self.best["accuracy"]:
+                self.best = {"accuracy": record["val_accuracy"], "epoch": epoch, "weights": None}
                 if config.patience is not None:
-                    best["weights"] = copy.deepcopy(model.state_dict())
-            _save_state(state_dir, model, optimizer, phase, history, best)
-            if _stopped_early(history, best, config):
-                log.info("early stop: no val improvement since epoch %d", best["epoch"])
+                    self.best["weights"] = copy.deepcopy(model.state_dict())
+            _save_state(self.state_dir, model, optimizer, phase, self.history, self.best)
+            if self.on_epoch is not None and distributed.is_main():
+                self.on_epoch(record)
+            if _stopped_early(self.history, self.best, config):
+                log.info("early stop: no val improvement since epoch %d", self.best["epoch"])
                 break
-
-    if config.patience is not None and best["weights"] is not None:
-        model.load_state_dict(best["weights"])
-    freeze(model, False)
-    model.eval()
-    return history
 
 
 def _stopped_early(
@@ -200,19 +239,51 @@ def _run_epoch(
     set_train_mode(model)
     if head_only:
         model.head.train()
+    total_loss, seen = _update_epoch(
+        step_loss,
+        data["train"],
+        order,
+        optimizer,
+        config,
+        seed,
+        epoch,
+        augment=config.augment and not head_only,
+        desc=f"epoch {epoch}/{config.epochs} {phase.name}",
+        progress=progress,
+    )
+    distributed.sync_buffers(model)  # rank 0's BatchNorm statistics are the ones saved
+    return _epoch_record(
+        model.head if head_only else model, phase, epoch, data, config, total_loss, seen, start
+    )
+
+
+def _update_epoch(
+    step_loss: Callable[[Tensor, Tensor], Tensor],
+    train: tuple[Tensor, Tensor],
+    order: Tensor,
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+    seed: int,
+    epoch: int,
+    *,
+    augment: Any,
+    desc: str,
+    progress: bool,
+) -> tuple[float, int]:
+    """One optimiser step per mini-batch of ``order``; this rank's (summed loss, samples)."""
+    rank = distributed.rank()
     total_loss, seen = 0.0, 0
-    batches = _batches(*data["train"], config.batch_size, order, config.channels_last)
-    n_batches = math.ceil(len(order) / config.batch_size)
+    batches = _batches(*train, config.batch_size, order, config.channels_last)
     bar = tqdm(
         batches,
-        total=n_batches,
-        desc=f"epoch {epoch}/{config.epochs} {phase.name}",
+        total=math.ceil(len(order) / config.batch_size),
+        desc=desc,
         disable=not progress or not distributed.is_main(),
         leave=False,
         unit="batch",
     )
     for number, (x, y, weight) in enumerate(bar):
-        if config.augment and not head_only:
+        if augment:
             x = augment_batch(x, config.augment, distributed.chunk_seed(seed, number * 1009 + rank))
         optimizer.zero_grad(set_to_none=True)
         loss = step_loss(x, y)
@@ -227,9 +298,20 @@ def _run_epoch(
             total_loss += loss.item() * len(y)
             seen += len(y)
         bar.set_postfix(loss=f"{total_loss / max(seen, 1):.4f}")
-    distributed.sync_buffers(model)  # rank 0's BatchNorm statistics are the ones saved
+    return total_loss, seen
 
-    forward = model.head if head_only else model
+
+def _epoch_record(
+    forward: nn.Module,
+    phase: Phase,
+    epoch: int,
+    data: dict[str, tuple[Tensor, Tensor]],
+    config: TrainConfig,
+    total_loss: float,
+    seen: int,
+    start: float,
+) -> dict[str, Any]:
+    """The epoch's history record: train and val scores of ``forward`` after the updates."""
     train_loss, train_acc = _score(forward, *data["train"], config)
     val_loss, val_acc = _score(forward, *data["val"], config)
     total_loss, seen = distributed.all_reduce_sum([total_loss, seen])

@@ -18,7 +18,7 @@ from robustlab.errors import UserError, first_difference
 from robustlab.io import read_json, remove_stale_temporaries, write_json
 from robustlab.models import ImageClassifier, ModelSpec, create_model, save_checkpoint
 from robustlab.training.config import TrainConfig
-from robustlab.training.loop import STATE_FILE, Objective, clear_state, fit
+from robustlab.training.loop import STATE_FILE, EpochCallback, Objective, clear_state, fit
 from robustlab.training.modes import eval_mode
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def train_run(
     init: ModelInit | None = None,
     then: Sequence[Phase] = (),
     extra: Mapping[str, Any] | None = None,
+    on_epoch: EpochCallback | None = None,
 ) -> dict[str, Any]:
     """Train a classifier and write ``RUN_DIR`` (weights, config, history); return its metrics.
 
@@ -70,6 +71,8 @@ def train_run(
     Started again after a crash, the run resumes from its last finished epoch; started again
     with other settings, it is refused (``UserError`` naming the first difference).
     Under torchrun every rank trains (DDP) and only rank 0 writes ``RUN_DIR``.
+    ``device``: where the model and the train/val images live while training (one copy each).
+    ``on_epoch``: called with each epoch's history record as it ends (live tracking).
     """
     run_dir = Path(run_dir)
     data, model_spec = complete_specs(data, model_spec)
@@ -84,7 +87,7 @@ def train_run(
 
     start = time.perf_counter()
     phases = [Phase("train", config), *then]
-    history = _fit_phases(run_dir, model, splits, phases, objective, progress, device)
+    history = _fit_phases(run_dir, model, splits, phases, objective, progress, device, on_epoch)
     metrics = score_splits(model, splits, config.eval_batch_size)
     metrics |= {"epochs_run": len(history), "seconds": round(time.perf_counter() - start, 2)}
     if distributed.is_main():
@@ -167,6 +170,7 @@ def _fit_phases(
     objective: Objective | None,
     progress: bool,
     device: str | torch.device,
+    on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, Any]]:
     """``fit`` each phase in turn; the history of all, each record tagged with its phase."""
     train = (splits.train.images.to(device), splits.train.labels.to(device))
@@ -174,7 +178,14 @@ def _fit_phases(
     history = []
     for phase, state_dir in zip(phases, _state_dirs(run_dir, phases), strict=True):
         records = fit(
-            model, train, val, phase.config, objective, state_dir=state_dir, progress=progress
+            model,
+            train,
+            val,
+            phase.config,
+            objective,
+            state_dir=state_dir,
+            progress=progress,
+            on_epoch=on_epoch,
         )
         tagged = len(phases) > 1  # a single phase keeps the plain history of ``fit``
         history += [{**record, "stage": phase.name} if tagged else record for record in records]

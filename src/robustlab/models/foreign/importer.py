@@ -104,9 +104,12 @@ def build_foreign_classifier(
 
 
 @torch.no_grad()
-def probe_outputs(model: nn.Module, channels: int, size: int, path: Path) -> Tensor:
+def probe_outputs(
+    model: nn.Module, channels: int, size: int, path: Path, device: str | torch.device = "cpu"
+) -> Tensor:
     """Scores of a few random images: proves the contract fits the net and counts its classes."""
     x = torch.rand(4, channels, size, size, generator=torch.Generator().manual_seed(0))
+    x = x.to(device)  # drawn on the CPU: the same probe images on every device
     try:
         out = model(x)
     except UserError:
@@ -160,19 +163,20 @@ def import_model(
     data: dict[str, Any],
     data_info: dict[str, Any],
     input_size: int,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Write the run directory ``out`` for ``foreign`` in one rename; returns its config.
 
     ``classes``: the model's class names in output order; ``data``/``data_info``: the data set the
-    run is evaluated on (a DataSpec dict and its info); ``input_size``: side of that data's images.
-    Nothing is written when anything is wrong.
+    run is evaluated on (a DataSpec dict and its info); ``input_size``: side of that data's images;
+    ``device``: where the imported model is verified. Nothing is written when anything is wrong.
     """
     source, contract = foreign.source, foreign.contract
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} already exists and is not an empty folder")
     model = build_foreign_classifier(foreign.loaded.net, contract, len(classes), input_size,
                                      foreign.kind)
-    scores = probe_outputs(model, contract.channels, input_size, source)
+    scores = probe_outputs(model.to(device), contract.channels, input_size, source, device)
     if scores.shape[1] != len(classes):
         shown = ", ".join(classes[:5]) + (", ..." if len(classes) > 5 else "")
         raise UserError(f"{source.name} has {scores.shape[1]} outputs but the run has "
