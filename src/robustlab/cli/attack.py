@@ -23,6 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from robustlab.cli.common import (
+    add_attack_options,
+    add_device_option,
+    attack_from_args,
+    class_index,
+)
 from robustlab.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -38,28 +44,11 @@ def register(subparsers: Any) -> None:
         "accuracy, success rates and the adversarial images.",
     )
     parser.add_argument("run_dir", type=Path, help="run directory written by `robustlab train`")
-    parser.add_argument(
-        "--attack", required=True, help="attack name: fgsm, ifgsm, pgd, pgd-l2, mifgsm, ..."
-    )
-    parser.add_argument(
-        "--eps",
-        required=True,
-        help="epsilon(s), [0, 1] pixel units: 8/255, a list 0.01,0.02 or a range 0.01:0.05:5",
-    )
-    parser.add_argument("--steps", type=int, help="iterations of an iterative attack")
+    add_attack_options(parser)
     parser.add_argument("--targeted", metavar="CLASS", help="target class (index or name)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="data split (test)")
     parser.add_argument("--limit", type=int, help="attack only the first N images of the split")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch (64)")
-    parser.add_argument("--seed", type=int, default=0, help="attack seed (0)")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other attack setting, e.g. --set restarts=5 --set loss=mse",
-    )
     parser.add_argument(
         "--independent",
         action="store_true",
@@ -71,7 +60,7 @@ def register(subparsers: Any) -> None:
         help="do not keep or write the adversarial images (faster: fooled samples stop early)",
     )
     parser.add_argument("--data-dir", type=Path, help="data directory (default: see data docs)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
+    add_device_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument(
         "--overwrite",
@@ -97,26 +86,7 @@ class AttackJob:
 
 def build_job(args: argparse.Namespace) -> AttackJob:
     """Parse and validate the command line into an ``AttackJob`` (no I/O)."""
-    from robustlab.attacks import attack_class, get_attack, parse_eps_list, settings_from_strings
-
-    cls = attack_class(args.attack)
-    if cls.norm == "none":
-        raise UserError(
-            f"attack '{args.attack}' has no epsilon; run it from Python "
-            "(robustlab.attacks.FilterAttack.optimise)"
-        )
-    raw: dict[str, str] = {}
-    for item in args.settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        raw[key.strip()] = value
-    settings = settings_from_strings(args.attack, raw)
-    epsilons = parse_eps_list(args.eps, field="--eps", high=cls.eps_high)
-    settings.update(eps=max(epsilons), seed=args.seed)
-    if args.steps is not None:
-        settings["steps"] = args.steps
-    attack = get_attack(args.attack, **settings)
+    attack, epsilons = attack_from_args(args)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
@@ -147,19 +117,7 @@ def load_run(run_dir: Path, split: str, data_dir: Path | None) -> tuple[Any, dic
 
 def resolve_target(target: str | None, classes: list[str]) -> int | None:
     """A target class given as index or name -> index, checked against the run's classes."""
-    if target is None:
-        return None
-    if target in classes:
-        return classes.index(target)
-    try:
-        index = int(target)
-    except ValueError:
-        from robustlab.errors import unknown_name
-
-        raise unknown_name("target class", target, classes) from None
-    if not 0 <= index < len(classes):
-        raise UserError(f"--targeted class {index} is out of range for {len(classes)} classes")
-    return index
+    return None if target is None else class_index(target, classes, "--targeted class")
 
 
 def run(args: argparse.Namespace) -> int:

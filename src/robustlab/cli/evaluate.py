@@ -24,7 +24,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from robustlab.cli.common import add_data_dir
+from robustlab.cli.common import (
+    add_attack_options,
+    add_data_dir,
+    add_device_option,
+    attack_from_args,
+    class_index,
+)
 from robustlab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -46,12 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_dir(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch (128)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
+    add_device_option(parser)
     group = parser.add_argument_group("robustness (with --attack)")
-    group.add_argument("--attack", help="attack name: fgsm, ifgsm, pgd, pgd-l2, mifgsm, cw-l2, ...")
-    group.add_argument(
-        "--eps", help="[0, 1] pixel units: 8/255, a list 0.01,0.02 or a range 0.01:0.05:5"
-    )
+    add_attack_options(group)
     group.add_argument(
         "--surrogate",
         action="append",
@@ -61,15 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="black-box: craft on this run's model, score on the target (repeatable)",
     )
     group.add_argument("--noise", action="store_true", help="add the random-noise baseline curve")
-    group.add_argument("--steps", type=int, help="iterations of an iterative attack")
-    group.add_argument("--loss", choices=("ce", "mse", "margin"), help="attack loss (ce)")
     group.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other attack setting, e.g. --set restarts=3",
+        "--loss", help="attack loss, e.g. ce, mse, margin, dlr (the attack's default)"
     )
     group.add_argument("--target-class", metavar="CLASS", help="targeted attack (index or name)")
     group.add_argument(
@@ -91,7 +87,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the PGD eps=1 gradient-masking check (the one costly sanity check)",
     )
-    group.add_argument("--seed", type=int, default=0, help="attack and noise seed (0)")
     group.add_argument("--out", type=Path, help="results directory")
     group.add_argument(
         "--transfer", nargs="+", type=Path, metavar="RUN_DIR", help="transfer matrix over runs"
@@ -219,48 +214,13 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 def build_attack(args: argparse.Namespace) -> tuple[Any, list[float]]:
     """The attack (at the largest epsilon) and the sorted epsilons, validated without I/O."""
-    from robustlab.attacks import attack_class, get_attack, parse_eps_list, settings_from_strings
-
-    cls = attack_class(args.attack)
-    if cls.norm == "none":
-        raise UserError(
-            f"attack '{args.attack}' has no epsilon budget, so it has no robustness curve; "
-            "use an eps-bounded attack (fgsm, ifgsm, pgd, pgd-l2, mifgsm, cw-l2, minimal)"
-        )
-    if args.eps is None:
-        raise UserError("--eps is required with --attack (e.g. --eps 8/255 or 0.01:0.05:5)")
-    raw: dict[str, str] = {}
-    for item in args.settings:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set expects KEY=VALUE, got {item!r}")
-        raw[key.strip()] = value
-    settings = settings_from_strings(args.attack, raw)
-    epsilons = sorted(parse_eps_list(args.eps, field="--eps", high=cls.eps_high))
-    settings.update(eps=max(epsilons), seed=args.seed)
-    if args.steps is not None:
-        settings["steps"] = args.steps
-    if args.loss is not None:
-        settings["loss"] = args.loss
-    return get_attack(args.attack, **settings), epsilons
+    attack, epsilons = attack_from_args(args, loss=args.loss)
+    return attack, sorted(epsilons)
 
 
 def resolve_class(text: str, classes: list[str]) -> int:
     """A class given by name or index -> its index."""
-    from robustlab.errors import unknown_name
-
-    if text in classes:
-        return classes.index(text)
-    try:
-        index = int(text)
-    except ValueError:
-        raise unknown_name("target class", text, classes) from None
-    if not 0 <= index < len(classes):
-        raise UserError(f"--target-class {index} is out of range for {len(classes)} classes")
-    return index
-
-
-# ----------------------------------------------------------------------------- clean accuracy
+    return class_index(text, classes, "--target-class")
 
 
 def run_clean(args: argparse.Namespace) -> int:

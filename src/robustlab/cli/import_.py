@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from robustlab.cli.common import add_data_args, data_spec_from, parse_floats
+from robustlab.cli.common import add_data_args, add_device_option, data_spec_from, parse_floats
 from robustlab.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -31,21 +31,32 @@ def register(subparsers: Any) -> None:
     add_data_args(parser)
     group = parser.add_argument_group("input contract (what the model expects)")
     group.add_argument("--input-size", type=int, help="square input side (default: from the file)")
-    group.add_argument("--input-channels", type=int, choices=(1, 3), help="default: from the file, else 3")
+    group.add_argument(
+        "--input-channels", type=int, choices=(1, 3), help="default: from the file, else 3"
+    )
     group.add_argument("--channel-order", choices=("rgb", "bgr"), default="rgb")
-    group.add_argument("--pixel-scale", choices=("0-1", "0-255", "-1-1"), default="0-1",
-                       help="pixel range the model was trained on (default 0-1; write --pixel-scale=-1-1)")
-    group.add_argument("--mean", help="per-channel mean in the model's pixel scale, e.g. 123.7,116.3,103.5")
+    group.add_argument(
+        "--pixel-scale",
+        choices=("0-1", "0-255", "-1-1"),
+        default="0-1",
+        help="pixel range the model was trained on (default 0-1; write --pixel-scale=-1-1)",
+    )
+    group.add_argument(
+        "--mean", help="per-channel mean in the model's pixel scale, e.g. 123.7,116.3,103.5"
+    )
     group.add_argument("--std", help="per-channel std in the model's pixel scale")
     group.add_argument("--layout", choices=("nchw", "nhwc"), help="default: from the file")
     names = group.add_mutually_exclusive_group()
-    names.add_argument("--labels", type=Path, help="file with one class name per line, in output order")
+    names.add_argument(
+        "--labels", type=Path, help="file with one class name per line, in output order"
+    )
     names.add_argument("--class-names", help="comma-separated class names in output order")
-    parser.add_argument("--device", default="auto",
-                        help="where the imported model is verified: auto (CUDA if any, else cpu), "
-                        "cpu, cuda:1, ...")
-    parser.add_argument("--strip-softmax", action="store_true",
-                        help="remove the model's final softmax so that attacks see logits")
+    add_device_option(parser, "where the imported model is verified")
+    parser.add_argument(
+        "--strip-softmax",
+        action="store_true",
+        help="remove the model's final softmax so that attacks see logits",
+    )
     parser.set_defaults(func=run)
 
 
@@ -92,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
     splits = load_splits(spec, args.data_dir)
     classes = names or [str(name) for name in splits.test.classes]
     if [str(c) for c in splits.test.classes] != classes:
-        raise UserError(f"the model's classes {classes} differ from the data's "
-                        f"{list(splits.test.classes)}; select them with --classes")
+        raise UserError(
+            f"the model's classes {classes} differ from the data's "
+            f"{list(splits.test.classes)}; select them with --classes"
+        )
     config = import_model(
         foreign,
         args.out,
@@ -104,6 +117,12 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     foreign = config["foreign"]
-    logger.info("imported %s (%s, sha256 %s…) -> %s; input contract %s", args.model_file,
-                foreign["format"], foreign["sha256"][:12], args.out, foreign["contract"])
+    logger.info(
+        "imported %s (%s, sha256 %s…) -> %s; input contract %s",
+        args.model_file,
+        foreign["format"],
+        foreign["sha256"][:12],
+        args.out,
+        foreign["contract"],
+    )
     return 0

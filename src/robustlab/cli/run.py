@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from robustlab.cli.common import add_data_dir, show_progress
+from robustlab.cli.common import add_data_dir, add_device_option, show_progress
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,11 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "models.*.epochs=1, attacks.eps=[0.01,0.03] (values are YAML)",
     )
     parser.add_argument("--restart", action="store_true", help="discard an existing run in --out")
-    parser.add_argument(
-        "--device",
-        default="auto",
-        help="where every step trains and attacks: auto (CUDA if any, else cpu), cpu, cuda:1, ...",
-    )
+    add_device_option(parser, "where every step trains and attacks")
     parser.add_argument("--list", action="store_true", help="list the shipped presets and exit")
     parser.add_argument(
         "--show-config", action="store_true", help="print the resolved config and exit"

@@ -23,11 +23,19 @@ TRACKED = ("train", "evaluate", "attack", "run")
 
 def add_tracking_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("tracking")
-    group.add_argument("--track", choices=("tensorboard", "mlflow"), default=None,
-                       help="also log settings, curves, flags and figures to TensorBoard "
-                       "(OUT/tensorboard) or MLflow (needs the 'track' extra)")
-    group.add_argument("--track-uri", default=None, metavar="URI",
-                       help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)")
+    group.add_argument(
+        "--track",
+        choices=("tensorboard", "mlflow"),
+        default=None,
+        help="also log settings, curves, flags and figures to TensorBoard "
+        "(OUT/tensorboard) or MLflow (needs the 'track' extra)",
+    )
+    group.add_argument(
+        "--track-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlruns)",
+    )
 
 
 def tracked_output(args: argparse.Namespace) -> tuple[Path, tuple[str, ...] | None]:
@@ -37,8 +45,9 @@ def tracked_output(args: argparse.Namespace) -> tuple[Path, tuple[str, ...] | No
             from robustlab.attacks import attack_class
 
             name = attack_class(args.attack).name
-            default = (args.transfer[0] / "transfer" if args.transfer
-                       else args.run_dir / "robustness") / name
+            default = (
+                args.transfer[0] / "transfer" if args.transfer else args.run_dir / "robustness"
+            ) / name
             return args.out or default, None
         return args.run_dir, ("metrics.json",)  # the run folder also holds the training's files
     if args.command == "run":
@@ -50,8 +59,14 @@ def track_command(args: argparse.Namespace) -> None:
     from robustlab.tracking import track_folder
 
     folder, only = tracked_output(args)
-    track_folder(args.track, folder, f"{args.command} {folder.name}", args.track_uri,
-                 only=only, tracker=getattr(args, "live_tracker", None))
+    track_folder(
+        args.track,
+        folder,
+        f"{args.command} {folder.name}",
+        args.track_uri,
+        only=only,
+        tracker=getattr(args, "live_tracker", None),
+    )
 
 
 @contextmanager

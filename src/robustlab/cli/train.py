@@ -8,6 +8,7 @@ from pathlib import Path
 
 from robustlab.cli.common import (
     add_data_args,
+    add_device_option,
     add_model_args,
     data_spec_from,
     model_spec_from,
@@ -30,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     defer(parser, _add_training_args)
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
-    parser.add_argument("--device", default="auto", help="auto (CUDA if any, else cpu), cpu, cuda:1, ...")
+    add_device_option(parser, "where the model trains")
     parser.set_defaults(func=run, distributed=True)  # DDP under torchrun / --nproc
 
 
