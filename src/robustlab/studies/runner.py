@@ -25,7 +25,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +257,8 @@ def _context(
     data_dir: str | Path | None,
     progress: bool,
     cache: dict[str, Any],
+    device: str,
+    on_epoch: EpochObserver | None,
 ) -> StepContext:
     """The context of ``step``: its folder made, the global RNGs seeded for it."""
     step_dir = run_dir / step.name if step.record else run_dir
@@ -273,6 +275,8 @@ def _context(
         data_dir=Path(data_dir) if data_dir is not None else None,
         progress=progress,
         cache=cache,
+        device=device,
+        on_epoch=on_epoch,
     )
 
 
@@ -316,8 +320,9 @@ def run_steps(
         log.info("[%d/%d] %s ... (about %s left)", index, total, step.title, format_seconds(left))
         if observer:
             observer("start", step, index, total)
-        context = _context(run_dir, step, seed, results, timings, data_dir, progress, cache)
-        context = replace(context, device=device, on_epoch=on_epoch)
+        context = _context(
+            run_dir, step, seed, results, timings, data_dir, progress, cache, device, on_epoch
+        )
         guessed = None if step.work and step.work.kind in costs.measured else costs.guess(step)
         start = time.perf_counter()
         result = dict(step.run(context))
