@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.base import (
+    Batch,
     ModelView,
     check_int,
     check_steps,
@@ -146,18 +147,11 @@ class APGD(BatchedAttack):
 
     # ------------------------------------------------------------------ the algorithm
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
+    def _attack(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, stop_on_success: bool
     ) -> tuple[Tensor, Tensor]:
-        problem = Problem(x, y, target, None, eps)
-        return self._restart(view, problem, generator, stop_on_success)[:2]
+        problem = Problem(batch.x, batch.y, batch.target, None, eps)
+        return self._restart(batch.view, problem, generator, stop_on_success)[:2]
 
     def _restart(
         self, view: ModelView, problem: Problem, generator: torch.Generator | None, stop: bool

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.apgd import APGD, APGDL2, Problem, merge
-from robustlab.attacks.base import ModelView, check_int
+from robustlab.attacks.base import Batch, ModelView, check_int
 from robustlab.errors import UserError
 
 _TINY = 1e-12
@@ -79,16 +79,10 @@ class APGDTargeted(APGD):
         assert aim is not None
         return targeted_dlr_loss(logits, y, aim)
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
+    def _attack(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, stop_on_success: bool
     ) -> tuple[Tensor, Tensor]:
+        view, x, y, target = batch.view, batch.x, batch.y, batch.target
         clean = clean_logits(view, x, self.name, target)
         self.check_classes(clean.shape[1])
         ranked = clean.argsort(dim=1, descending=True)

@@ -33,7 +33,7 @@ from robustlab.attacks.apgd import APGD
 from robustlab.attacks.apgd_targeted import APGDTargeted, clean_logits
 from robustlab.attacks.base import (
     Attack,
-    ModelView,
+    Batch,
     check_choice,
     check_int,
     check_steps,
@@ -146,16 +146,10 @@ class AutoAttack(BatchedAttack):
         standard = self.version == "standard" and reference and every
         return {"suite": f"autoattack-{self.version}", "members": members, "standard": standard}
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
+    def _attack(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, stop_on_success: bool
     ) -> tuple[Tensor, Tensor]:
+        view, x, y, target = batch.view, batch.x, batch.y, batch.target
         clean = clean_logits(view, x, self.name, target)
         pred = clean.argmax(1)
         out = x.clone()

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.base import (
+    Batch,
     ModelView,
     check_choice,
     check_steps,
@@ -94,16 +95,10 @@ class Square(BatchedAttack):
         signs = _random_signs((batch, channels, 1, 1), x, generator)
         return mask, signs * eps
 
-    def _perturb(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        eps: Tensor,
-        generator: torch.Generator | None,
-        stop_on_success: bool,
+    def _attack(
+        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, stop_on_success: bool
     ) -> tuple[Tensor, Tensor]:
+        view, x, y, target = batch.view, batch.x, batch.y, batch.target
         with torch.no_grad():
             search = _Search(self, view, x, y, target, eps, self._first(x, eps, generator))
             for query in range(1, self.queries):
