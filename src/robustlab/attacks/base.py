@@ -634,17 +634,6 @@ class MinimumNormAttack(Attack):
 
     def _find(self, batch: Batch, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
         """The attack proper: ``(x_min, min_eps)`` with ``inf`` where nothing was found."""
-        return self._search(batch.view, batch.x, batch.y, batch.target, generator)
-
-    def _search(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor]:
-        """The older form of ``_find`` (FAB implements this one)."""
         raise NotImplementedError
 
     def _attack(

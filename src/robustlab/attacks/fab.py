@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from robustlab.attacks.base import (
+    Batch,
     MinimumNormAttack,
     ModelView,
     check_int,
@@ -118,14 +119,8 @@ class FAB(MinimumNormAttack):
                 f"model), got {self.top_k}"
             )
 
-    def _search(
-        self,
-        view: ModelView,
-        x: Tensor,
-        y: Tensor,
-        target: Tensor | None,
-        generator: torch.Generator | None,
-    ) -> tuple[Tensor, Tensor]:
+    def _find(self, batch: Batch, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        view, x, y, target = batch.view, batch.x, batch.y, batch.target
         best = x.clone()
         best_norm = torch.full(y.shape, math.inf, dtype=x.dtype, device=x.device)
         for aim in self._aims(view, x, target):

@@ -23,12 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from robustlab.cli.common import (
-    add_attack_options,
-    add_device_option,
-    attack_from_args,
-    class_index,
-)
+from robustlab.cli import common
 from robustlab.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -44,7 +39,7 @@ def register(subparsers: Any) -> None:
         "accuracy, success rates and the adversarial images.",
     )
     parser.add_argument("run_dir", type=Path, help="run directory written by `robustlab train`")
-    add_attack_options(parser)
+    common.add_attack_options(parser)
     parser.add_argument("--targeted", metavar="CLASS", help="target class (index or name)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="data split (test)")
     parser.add_argument("--limit", type=int, help="attack only the first N images of the split")
@@ -60,7 +55,7 @@ def register(subparsers: Any) -> None:
         help="do not keep or write the adversarial images (faster: fooled samples stop early)",
     )
     parser.add_argument("--data-dir", type=Path, help="data directory (default: see data docs)")
-    add_device_option(parser)
+    common.add_device_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument(
         "--overwrite",
@@ -86,7 +81,7 @@ class AttackJob:
 
 def build_job(args: argparse.Namespace) -> AttackJob:
     """Parse and validate the command line into an ``AttackJob`` (no I/O)."""
-    attack, epsilons = attack_from_args(args)
+    attack, epsilons = common.attack_from_args(args)
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be >= 1, got {args.limit}")
     if args.batch_size < 1:
@@ -117,7 +112,7 @@ def load_run(run_dir: Path, split: str, data_dir: Path | None) -> tuple[Any, dic
 
 def resolve_target(target: str | None, classes: list[str]) -> int | None:
     """A target class given as index or name -> index, checked against the run's classes."""
-    return None if target is None else class_index(target, classes, "--targeted class")
+    return None if target is None else common.class_index(target, classes, "--targeted class")
 
 
 def run(args: argparse.Namespace) -> int:

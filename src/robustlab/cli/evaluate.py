@@ -24,13 +24,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from robustlab.cli.common import (
-    add_attack_options,
-    add_data_dir,
-    add_device_option,
-    attack_from_args,
-    class_index,
-)
+from robustlab.cli import common
 from robustlab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -50,11 +44,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--split", default="test", choices=(*SPLITS, "all"), help="data split (test)"
     )
-    add_data_dir(parser)
+    common.add_data_dir(parser)
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch (128)")
-    add_device_option(parser)
+    common.add_device_option(parser)
     group = parser.add_argument_group("robustness (with --attack)")
-    add_attack_options(group)
+    common.add_attack_options(group)
     group.add_argument(
         "--surrogate",
         action="append",
@@ -214,13 +208,13 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 def build_attack(args: argparse.Namespace) -> tuple[Any, list[float]]:
     """The attack (at the largest epsilon) and the sorted epsilons, validated without I/O."""
-    attack, epsilons = attack_from_args(args, loss=args.loss)
+    attack, epsilons = common.attack_from_args(args, loss=args.loss)
     return attack, sorted(epsilons)
 
 
 def resolve_class(text: str, classes: list[str]) -> int:
     """A class given by name or index -> its index."""
-    return class_index(text, classes, "--target-class")
+    return common.class_index(text, classes, "--target-class")
 
 
 def run_clean(args: argparse.Namespace) -> int:

@@ -79,16 +79,24 @@ def file_stamp(path: Path) -> tuple[int, int]:
 # ---------------------------------------------------------------- .npy parsing
 
 
+def npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """``(shape, fortran_order, dtype)`` of the ``.npy`` at ``handle``'s position, which is left
+    at the first data byte; None for a format version numpy does not document."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(handle)
+    if version in ((2, 0), (3, 0)):
+        return np.lib.format.read_array_header_2_0(handle)
+    return None
+
+
 def read_npy_stream(handle: IO[bytes], available: int, what: str) -> np.ndarray:
     """Parse one ``.npy`` from ``handle`` holding ``available`` bytes; read-only result."""
     try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise UserError(f"{what}: unsupported .npy format version {version}")
+        header = npy_header(handle)
+        if header is None:
+            raise UserError(f"{what}: unsupported .npy format version")
+        shape, fortran_order, dtype = header
     except UserError:
         raise
     except READ_ERRORS as error:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from robustlab.data.arrays import npy_header
 from robustlab.data.transforms import convert_chunk
 from robustlab.errors import UserError
 
@@ -136,13 +137,10 @@ def open_npy_rows(path: Path) -> NpyRows | None:
     (other dtype, Fortran order, odd shape: ``read_npy`` validates those)."""
     try:
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version in ((2, 0), (3, 0)):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
+            header = npy_header(handle)
+            if header is None:
                 return None
+            shape, fortran, dtype = header
             offset = handle.tell()
         size = path.stat().st_size
     except Exception:  # anything odd: the validating reader gives the one-line error
