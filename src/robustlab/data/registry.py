@@ -158,7 +158,6 @@ def _idx_pool_cached(key: tuple[tuple[str, int, int], ...], classes: tuple[str, 
     return dataclasses.replace(raw, official_train=len(train_x))  # for split='official'
 
 
-
 def _existing(path: Path) -> Path:
     """``x.gz`` may also be present uncompressed as ``x``."""
     if not path.exists() and path.suffix == ".gz" and path.with_suffix("").exists():
@@ -247,6 +246,28 @@ def _idx_files(
     )
 
 
+def _idx_dataset(
+    name: str,
+    description: str,
+    files: tuple[RemoteFile, ...],
+    task: tuple[str, tuple[str, ...]],
+    mirror: str,
+    licence: str,
+) -> NamedDataset:
+    """A 10-class MNIST-format set: four idx files, official train + test pooled."""
+    task_name, classes = task
+    return NamedDataset(
+        name=name,
+        description=description,
+        files=files,
+        tasks={task_name: Task("labels", 10, classes)},
+        default_task=task_name,
+        reader=_read_idx_pool,
+        how_to_get=f"downloaded automatically when online, or fetch the four .gz files from {mirror}",
+        licence=licence,
+    )
+
+
 DATASETS: dict[str, NamedDataset] = {
     d.name: d
     for d in (
@@ -268,31 +289,21 @@ DATASETS: dict[str, NamedDataset] = {
             ),
             licence="CC BY-SA 3.0 (PlantVillage)",
         ),
-        NamedDataset(
-            name="fashion-mnist",
-            description="Fashion-MNIST, 28x28 grey, 70,000 images (official train + test merged)",
-            files=_idx_files("fashion_mnist", _FASHION_SHA256, _FASHION_MIRRORS),
-            tasks={"class": Task("labels", 10, FASHION_CLASSES)},
-            default_task="class",
-            reader=_read_idx_pool,
-            how_to_get=(
-                "downloaded automatically when online, or fetch the four .gz files from "
-                + _FASHION_MIRRORS[1]
-            ),
-            licence="MIT (Zalando Research)",
+        _idx_dataset(
+            "fashion-mnist",
+            "Fashion-MNIST, 28x28 grey, 70,000 images (official train + test merged)",
+            _idx_files("fashion_mnist", _FASHION_SHA256, _FASHION_MIRRORS),
+            ("class", FASHION_CLASSES),
+            _FASHION_MIRRORS[1],
+            "MIT (Zalando Research)",
         ),
-        NamedDataset(
-            name="mnist",
-            description="MNIST handwritten digits, 28x28 grey, 70,000 images (train + test merged)",
-            files=_idx_files("mnist", _MNIST_SHA256, _MNIST_MIRRORS),
-            tasks={"digit": Task("labels", 10, DIGIT_CLASSES)},
-            default_task="digit",
-            reader=_read_idx_pool,
-            how_to_get=(
-                "downloaded automatically when online, or fetch the four .gz files from "
-                + _MNIST_MIRRORS[0]
-            ),
-            licence="CC BY-SA 3.0 (LeCun, Cortes, Burges)",
+        _idx_dataset(
+            "mnist",
+            "MNIST handwritten digits, 28x28 grey, 70,000 images (train + test merged)",
+            _idx_files("mnist", _MNIST_SHA256, _MNIST_MIRRORS),
+            ("digit", DIGIT_CLASSES),
+            _MNIST_MIRRORS[0],
+            "CC BY-SA 3.0 (LeCun, Cortes, Burges)",
         ),
         NamedDataset(
             name="utkface-gender",
