@@ -110,11 +110,6 @@ def load_run(run_dir: Path, split: str, data_dir: Path | None) -> tuple[Any, dic
     return model.eval(), config, getattr(splits, split)
 
 
-def resolve_target(target: str | None, classes: list[str]) -> int | None:
-    """A target class given as index or name -> index, checked against the run's classes."""
-    return None if target is None else common.class_index(target, classes, "--targeted class")
-
-
 def run(args: argparse.Namespace) -> int:
     from robustlab import distributed
 
@@ -150,7 +145,9 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
 
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
-    target = resolve_target(job.target, classes)
+    target = None
+    if job.target is not None:
+        target = common.class_index(job.target, classes, "--targeted class")
     check_classes = getattr(job.attack, "check_classes", None)  # apgd-t, fab: top_k vs classes
     if check_classes is not None:
         check_classes(len(classes))

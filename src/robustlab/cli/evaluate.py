@@ -212,11 +212,6 @@ def build_attack(args: argparse.Namespace) -> tuple[Any, list[float]]:
     return attack, sorted(epsilons)
 
 
-def resolve_class(text: str, classes: list[str]) -> int:
-    """A class given by name or index -> its index."""
-    return common.class_index(text, classes, "--target-class")
-
-
 def run_clean(args: argparse.Namespace) -> int:
     """Clean metrics per split, merged into ``RUN_DIR/metrics.json`` (other splits kept)."""
     from robustlab.evaluation import clean_metrics
@@ -278,7 +273,7 @@ def attack_images(args: argparse.Namespace, target: LoadedRun) -> AttackImages:
     indices = torch.arange(len(y))
     target_labels = None
     if args.target_class is not None:
-        wanted = resolve_class(args.target_class, classes)
+        wanted = common.class_index(args.target_class, classes, "--target-class")
         keep = y != wanted  # a targeted attack on an image of the target class is moot
         x, y, indices = take(x, keep), y[keep], indices[keep]
         target_labels = torch.full_like(y, wanted)

@@ -148,7 +148,7 @@ def run_step(model: ModelConfig, data: DataConfig) -> Step:
     assert model.run is not None
 
     def run(ctx: StepContext) -> dict[str, Any]:
-        from robustlab.evaluation import predict_logits
+        from robustlab.training.recipe import score_splits
 
         source = model.run.resolve()
         loaded, config = _load_run(model.name, source, None)
@@ -160,11 +160,8 @@ def run_step(model: ModelConfig, data: DataConfig) -> Step:
             "sha256": _weights_sha256(source, config),
             "arch": config["model"]["arch"],
             "epochs_run": (config.get("metrics") or {}).get("epochs_run"),
+            **score_splits(loaded, splits, _SCORING_BATCH),
         }
-        for split in ("train", "val", "test"):
-            images = getattr(splits, split)
-            predicted = predict_logits(loaded, images.images, _SCORING_BATCH).argmax(1)
-            result[f"{split}_accuracy"] = (predicted == images.labels).float().mean().item()
         ctx.cache[f"model:{model.name}"] = loaded
         return result
 
