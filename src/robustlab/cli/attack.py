@@ -145,9 +145,8 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
 
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
-    target = None
-    if job.target is not None:
-        target = common.class_index(job.target, classes, "--targeted class")
+    flag = "--targeted class"
+    target = None if job.target is None else common.class_index(job.target, classes, flag)
     check_classes = getattr(job.attack, "check_classes", None)  # apgd-t, fab: top_k vs classes
     if check_classes is not None:
         check_classes(len(classes))
