@@ -132,7 +132,7 @@ def test_targeted_min_norm_and_no_adversarials(fake_run):
         (["--attack", "pgd", "--eps", "0.1", "--limit", "0"], "--limit"),
         (["--attack", "pgd", "--eps", "0.1", "--batch-size", "0"], "--batch-size"),
         (["--attack", "pgd", "--eps", "0.1", "--targeted", "7"], "out of range"),
-        (["--attack", "pgd", "--eps", "0.1", "--targeted", "dog"], "unknown target class"),
+        (["--attack", "pgd", "--eps", "0.1", "--targeted", "dog"], "--targeted: unknown class 'dog'"),
     ],
 )
 def test_user_errors_exit_2_and_write_nothing(fake_run, capsys, args, message):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from data_helpers import labelled_arrays, write_npz
 
 from robustlab.data import DataSpec, load_splits, select_classes, split_indices, subsample
-from robustlab.data.split import cut_counts
+from robustlab.data.split import class_index, cut_counts
 from robustlab.data.transforms import rgb_to_grey
 from robustlab.errors import UserError
 
@@ -100,6 +100,20 @@ def test_class_subset_by_index_string_and_errors() -> None:
 def test_unknown_class_name_suggests_a_close_one() -> None:
     with pytest.raises(UserError, match=r"unknown class 'Trousr'.*did you mean 'Trouser'"):
         select_classes(np.array([0, 1]), ("T-shirt/top", "Trouser"), ["Trousr"])
+
+
+def test_class_index_takes_a_name_or_an_index_and_errors_name_the_field() -> None:
+    classes = ("cat", "dog", "7")
+    assert [class_index(wanted, classes, "f") for wanted in ("dog", 1, "0", "7")] == [1, 1, 0, 2]
+    for wanted, message in [
+        ("dgo", "did you mean 'dog'"),
+        (3, "index 3 is out of range"),
+        ("-1", "index -1"),
+    ]:
+        with pytest.raises(UserError) as error:
+            class_index(wanted, classes, "--targeted")
+        text = str(error.value)
+        assert text.startswith("--targeted: ") and message in text and "\n" not in text
 
 
 def test_limit_is_deterministic_and_applies_before_the_split() -> None:

@@ -142,11 +142,11 @@ def claim_results_folder(out: Path, overwrite: bool) -> Any:
 def _attack(args: argparse.Namespace, job: AttackJob) -> int:
     from robustlab import distributed
     from robustlab.attacks import sweep_dataset
+    from robustlab.data.split import class_index
 
     model, config, imageset = load_run(args.run_dir, job.split, args.data_dir)
     classes = [str(name) for name in (config.get("classes") or imageset.classes)]
-    flag = "--targeted class"
-    target = None if job.target is None else common.class_index(job.target, classes, flag)
+    target = None if job.target is None else class_index(job.target, classes, "--targeted")
     check_classes = getattr(job.attack, "check_classes", None)  # apgd-t, fab: top_k vs classes
     if check_classes is not None:
         check_classes(len(classes))

@@ -127,21 +127,6 @@ def attack_from_args(args: argparse.Namespace, **overrides: object) -> tuple[Any
     return get_attack(args.attack, **settings), epsilons
 
 
-def class_index(text: str, classes: list[str], flag: str) -> int:
-    """A class given by name or index (``flag``'s value) -> its index in ``classes``."""
-    from robustlab.errors import unknown_name
-
-    if text in classes:
-        return classes.index(text)
-    try:
-        index = int(text)
-    except ValueError:
-        raise unknown_name("target class", text, classes) from None
-    if not 0 <= index < len(classes):
-        raise UserError(f"{flag} {index} is out of range for {len(classes)} classes")
-    return index
-
-
 def add_device_option(parser: argparse.ArgumentParser, where: str = "where the model runs") -> None:
     """``--device``, default ``auto`` (CUDA when there is one, else the CPU) for every command."""
     parser.add_argument(

@@ -265,6 +265,7 @@ def attack_images(args: argparse.Namespace, target: LoadedRun) -> AttackImages:
     """The split's first ``--limit`` images, without those of ``--target-class`` if given."""
     import torch
 
+    from robustlab.data.split import class_index
     from robustlab.data.stream import take
 
     imageset = getattr(load_split(target, args.split, args.data_dir), args.split)
@@ -273,7 +274,7 @@ def attack_images(args: argparse.Namespace, target: LoadedRun) -> AttackImages:
     indices = torch.arange(len(y))
     target_labels = None
     if args.target_class is not None:
-        wanted = common.class_index(args.target_class, classes, "--target-class")
+        wanted = class_index(args.target_class, classes, "--target-class")
         keep = y != wanted  # a targeted attack on an image of the target class is moot
         x, y, indices = take(x, keep), y[keep], indices[keep]
         target_labels = torch.full_like(y, wanted)

@@ -27,7 +27,7 @@ def select_classes(
         return np.arange(len(labels)), labels, classes
     chosen: list[int] = []
     for item in wanted:
-        index = _class_index(item, classes)
+        index = class_index(item, classes, "data.classes")
         if index in chosen:
             raise UserError(f"data.classes names class '{classes[index]}' twice")
         chosen.append(index)
@@ -42,20 +42,22 @@ def select_classes(
     return positions, new[positions], tuple(classes[i] for i in chosen)
 
 
-def _class_index(item: str | int, classes: tuple[str, ...]) -> int:
-    if isinstance(item, str):
-        if item in classes:
-            return classes.index(item)
-        if item.strip().lstrip("-").isdigit():  # '3' from a command line means index 3
-            item = int(item)
-        else:
-            raise unknown_name("class", item, classes)
-    if not 0 <= item < len(classes):
+def class_index(wanted: str | int, classes: Sequence[str], field: str) -> int:
+    """A class given by name or index -> its index in ``classes``; the one-line error names
+    ``field`` (``data.classes``, ``--targeted``, ``target_class``). Text that is a whole number
+    (``'3'`` from a command line) is an index."""
+    if isinstance(wanted, str):
+        if wanted in classes:
+            return list(classes).index(wanted)
+        if not wanted.strip().lstrip("-").isdigit():
+            raise UserError(f"{field}: {unknown_name('class', wanted, classes)}")
+        wanted = int(wanted)
+    if not 0 <= wanted < len(classes):
         raise UserError(
-            f"data.classes: class index {item} is out of range; the data set has "
-            f"{len(classes)} classes (0..{len(classes) - 1})"
+            f"{field}: class index {wanted} is out of range; there are {len(classes)} classes "
+            f"(0..{len(classes) - 1})"
         )
-    return int(item)
+    return int(wanted)
 
 
 def cut_counts(n: int, fractions: Sequence[float]) -> tuple[int, int, int]:

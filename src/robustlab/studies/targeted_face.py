@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
+from robustlab.data.split import class_index
 from robustlab.errors import UserError
 from robustlab.io import write_json
 from robustlab.studies import common
@@ -63,21 +64,6 @@ class Config(StudyConfig):
     sweep: SweepConfig | None = None
 
 
-def class_index(classes: tuple[str, ...], wanted: int | str, field: str) -> int:
-    """A class given by index or name -> its index (UserError naming ``field`` otherwise)."""
-    if isinstance(wanted, int):
-        if not 0 <= wanted < len(classes):
-            raise UserError(
-                f"{field}: class index {wanted} out of range for {len(classes)} classes"
-            )
-        return wanted
-    if wanted not in classes:
-        from robustlab.errors import unknown_name
-
-        raise UserError(f"{field}: {unknown_name('class', wanted, classes)}")
-    return classes.index(wanted)
-
-
 # -------------------------------------------------------------------------------- steps
 
 
@@ -90,8 +76,8 @@ def _filter(config: Config, **settings: Any) -> Any:
 def _classes(ctx: StepContext, config: Config) -> tuple[Any, int, int]:
     """The splits, and the indices of the source and target classes."""
     splits = common.splits_for(ctx, config.data)
-    source_class = class_index(splits.classes, config.source_class, "source_class")
-    target_class = class_index(splits.classes, config.target_class, "target_class")
+    source_class = class_index(config.source_class, splits.classes, "source_class")
+    target_class = class_index(config.target_class, splits.classes, "target_class")
     if source_class == target_class:
         raise UserError("source_class and target_class must differ")
     return splits, source_class, target_class
