@@ -8,8 +8,10 @@ The CLI prints its message as one line and exits non-zero; library callers can c
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class UserError(ValueError):
@@ -27,6 +29,13 @@ def unknown_name(kind: str, name: str, choices: Iterable[str]) -> UserError:
     choices = sorted(choices)
     shown = ", ".join(choices[:12]) + (", ..." if len(choices) > 12 else "")
     return UserError(f"unknown {kind} '{name}'{suggestion(name, choices)}; choose from: {shown}")
+
+
+def lookup(kind: str, name: str, table: Mapping[str, T]) -> T:
+    """``table[name]``; an unknown name raises ``unknown_name(kind, ...)`` (registries' lookup)."""
+    if name not in table:
+        raise unknown_name(kind, name, table)
+    return table[name]
 
 
 def check_range(

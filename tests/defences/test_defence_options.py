@@ -7,33 +7,24 @@ import json
 
 import pytest
 
+from robustlab import defences
 from robustlab.cli import main
-from robustlab.defences import (
-    DefenceObjective,
-    PGDTrainingConfig,
-    build_defence,
-    defence_config_type,
-    defence_from_dict,
-    describe_defences,
-    list_defences,
-    make_defence,
-)
 from robustlab.errors import UserError
 
 
 def test_list_defences_names_every_defence():
-    assert list_defences() == ["fast-fgsm", "nsl", "pgd", "trades"]
-    text = describe_defences()
-    for name in list_defences():
+    assert defences.list_defences() == ["fast-fgsm", "nsl", "pgd", "trades"]
+    text = defences.describe_defences()
+    for name in defences.list_defences():
         assert f"{name}:" in text
 
 
-@pytest.mark.parametrize("name", ["fast-fgsm", "nsl", "pgd", "trades"])
+@pytest.mark.parametrize("name", defences.list_defences())
 def test_defaults_build_and_store_every_setting_as_json(name):
-    objective, settings = build_defence(name, [])
-    assert isinstance(objective, DefenceObjective)
+    objective, settings = defences.build_defence(name, [])
+    assert isinstance(objective, defences.DefenceObjective)
     assert settings["name"] == name
-    fields = {field.name for field in dataclasses.fields(defence_config_type(name))}
+    fields = {field.name for field in dataclasses.fields(defences.defence_config_type(name))}
     assert set(settings) == fields | {"name"}
     assert json.loads(json.dumps(settings)) == settings
     assert settings.get("step_size", 0) is not None  # derived defaults are resolved
@@ -41,7 +32,7 @@ def test_defaults_build_and_store_every_setting_as_json(name):
 
 def test_values_are_parsed_by_field_type():
     options = "eps=8/255 steps=7 step-size=0.01 norm=L2 random_start=false warmup_epochs=2"
-    _, settings = build_defence("pgd", options.split())
+    _, settings = defences.build_defence("pgd", options.split())
     assert settings == {
         "name": "pgd",
         "eps": 8 / 255,
@@ -52,7 +43,7 @@ def test_values_are_parsed_by_field_type():
         "warmup_epochs": 2,
         "attack": "pgd",
     }
-    _, nsl = build_defence(
+    _, nsl = defences.build_defence(
         "nsl", ["adv_grad_norm=infinity", "pgd_epsilon=0.1", "clip_value_max=1", "random_init=yes"]
     )
     assert (
@@ -62,15 +53,15 @@ def test_values_are_parsed_by_field_type():
 
 
 def test_stored_settings_rebuild_the_same_defence():
-    _, settings = build_defence("trades", ["beta=3", "eps=0.1"])
-    objective, again = defence_from_dict(settings)
+    _, settings = defences.build_defence("trades", ["beta=3", "eps=0.1"])
+    objective, again = defences.defence_from_dict(settings)
     assert again == settings
     assert objective.config.beta == 3.0
 
 
 def test_typed_config_and_strings_agree():
-    objective = make_defence(PGDTrainingConfig(eps=0.1, steps=5))
-    _, settings = build_defence("pgd", ["eps=0.1", "steps=5"])
+    objective = defences.make_defence(defences.PGDTrainingConfig(eps=0.1, steps=5))
+    _, settings = defences.build_defence("pgd", ["eps=0.1", "steps=5"])
     assert objective.settings() == settings
 
 
@@ -102,21 +93,21 @@ def test_typed_config_and_strings_agree():
 )
 def test_bad_options_raise_one_line_naming_the_field(name, options, message):
     with pytest.raises(UserError) as error:
-        build_defence(name, options)
+        defences.build_defence(name, options)
     text = str(error.value)
     assert message in text and f"defence '{name}'" in text and "\n" not in text
 
 
 def test_unknown_defence_suggests_the_closest_name():
     with pytest.raises(UserError, match=r"unknown defence 'pdg' \(did you mean 'pgd'\?\)"):
-        build_defence("pdg", [])
+        defences.build_defence("pdg", [])
 
 
 def test_library_configs_validate_too():
     with pytest.raises(UserError, match="eps must be >= 0"):
-        PGDTrainingConfig(eps=-0.1)
+        defences.PGDTrainingConfig(eps=-0.1)
     with pytest.raises(UserError, match="steps must be an integer"):
-        PGDTrainingConfig(steps=True)
+        defences.PGDTrainingConfig(steps=True)
 
 
 @pytest.mark.parametrize(

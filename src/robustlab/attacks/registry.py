@@ -24,7 +24,7 @@ from robustlab.attacks.iterative import IFGSM, MIFGSM, PGD, PGDL2
 from robustlab.attacks.minimal import MinimalEps
 from robustlab.attacks.noise import GaussianNoise, SignNoise
 from robustlab.attacks.square import Square, SquareL2
-from robustlab.errors import UserError, unknown_name
+from robustlab.errors import UserError, lookup, unknown_name
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
@@ -59,9 +59,7 @@ def list_attacks() -> list[str]:
 
 def attack_class(name: str) -> type[Attack]:
     """The class registered as ``name``; unknown names raise a ``UserError`` with a suggestion."""
-    if name not in ATTACKS:
-        raise unknown_name("attack", name, ATTACKS)
-    return ATTACKS[name]
+    return lookup("attack", name, ATTACKS)
 
 
 def setting_names(name: str) -> list[str]:

@@ -33,7 +33,7 @@ from robustlab.data import download as dl
 from robustlab.data.arrays import RawData, file_stamp, make_raw, read_npz_array
 from robustlab.data.download import RemoteFile
 from robustlab.data.idx import read_idx
-from robustlab.errors import UserError, unknown_name
+from robustlab.errors import UserError, lookup, unknown_name
 
 ENV_DATA_DIR = "ROBUSTLAB_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/robustlab/data")
@@ -76,9 +76,7 @@ class NamedDataset:
 
     def task(self, name: str | None) -> tuple[str, Task]:
         name = name or self.default_task
-        if name not in self.tasks:
-            raise unknown_name(f"task for data set '{self.name}'", name, self.tasks)
-        return name, self.tasks[name]
+        return name, lookup(f"task for data set '{self.name}'", name, self.tasks)
 
 
 @dataclass(frozen=True)
@@ -268,26 +266,45 @@ def _idx_dataset(
     )
 
 
+def _npz_dataset(
+    name: str,
+    description: str,
+    tasks: dict[str, Task],
+    source: str,
+    label_arrays: str,
+    licence: str,
+) -> NamedDataset:
+    """A 96x96 RGB set prepared offline as one ``<name>_96px.npz``: ``images`` plus the label
+    arrays of its tasks (the first task is the default)."""
+    return NamedDataset(
+        name=name,
+        description=description,
+        files=(RemoteFile(f"{name.replace('-', '_')}_96px.npz"),),
+        tasks=tasks,
+        default_task=next(iter(tasks)),
+        reader=_read_npz_task,
+        how_to_get=(
+            f"no public file exists in this format: build it from {source} as an .npz with "
+            f"'images' uint8 (N,96,96,3), {label_arrays}, or copy it from a machine that has it"
+        ),
+        licence=licence,
+    )
+
+
 DATASETS: dict[str, NamedDataset] = {
     d.name: d
     for d in (
-        NamedDataset(
-            name="plantvillage-tomato",
-            description="PlantVillage tomato leaves, 96x96 RGB: 1,585 healthy + 2,412 diseased",
-            files=(RemoteFile("plantvillage_tomato_96px.npz"),),
-            tasks={
+        _npz_dataset(
+            "plantvillage-tomato",
+            "PlantVillage tomato leaves, 96x96 RGB: 1,585 healthy + 2,412 diseased",
+            {
                 "unhealthy": Task("unhealthy", 2, ("healthy", "unhealthy")),
                 "disease": Task("disease", 10, None, "class_names"),
             },
-            default_task="unhealthy",
-            reader=_read_npz_task,
-            how_to_get=(
-                "no public file exists in this format: build it from the PlantVillage tomato "
-                "images (Hughes & Salathe 2015, e.g. Mendeley data 'tywbtsjrjv') as an .npz with "
-                "'images' uint8 (N,96,96,3), 'unhealthy' 0/1, 'disease' 0..9 and 'class_names', "
-                "or copy it from a machine that has it"
-            ),
-            licence="CC BY-SA 3.0 (PlantVillage)",
+            "the PlantVillage tomato images (Hughes & Salathe 2015, e.g. Mendeley data "
+            "'tywbtsjrjv')",
+            "'unhealthy' 0/1, 'disease' 0..9 and 'class_names'",
+            "CC BY-SA 3.0 (PlantVillage)",
         ),
         _idx_dataset(
             "fashion-mnist",
@@ -305,22 +322,16 @@ DATASETS: dict[str, NamedDataset] = {
             _MNIST_MIRRORS[0],
             "CC BY-SA 3.0 (LeCun, Cortes, Burges)",
         ),
-        NamedDataset(
-            name="utkface-gender",
-            description="UTKFace aligned faces, 96x96 RGB, 1,000 male + 1,000 female, ages 18-70",
-            files=(RemoteFile("utkface_gender_96px.npz"),),
-            tasks={
+        _npz_dataset(
+            "utkface-gender",
+            "UTKFace aligned faces, 96x96 RGB, 1,000 male + 1,000 female, ages 18-70",
+            {
                 "gender": Task("gender", 2, None, "gender_names"),
                 "race": Task("race", 5, None, "race_names"),
             },
-            default_task="gender",
-            reader=_read_npz_task,
-            how_to_get=(
-                "no public file exists in this format: build it from UTKFace 'aligned & cropped' "
-                "faces (Zhang, Song, Qi 2017) as an .npz with 'images' uint8 (N,96,96,3), "
-                "'gender' 0/1 and 'gender_names', or copy it from a machine that has it"
-            ),
-            licence="non-commercial research use only (UTKFace)",
+            "UTKFace 'aligned & cropped' faces (Zhang, Song, Qi 2017)",
+            "'gender' 0/1 and 'gender_names'",
+            "non-commercial research use only (UTKFace)",
         ),
         NamedDataset(
             name="digits",

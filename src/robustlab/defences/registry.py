@@ -16,7 +16,7 @@ from robustlab.attacks.spec import validated
 from robustlab.defences.config import DefenceConfig
 from robustlab.defences.objectives import OBJECTIVES, DefenceObjective
 from robustlab.defences.spec import DefenceSpec, typed_settings
-from robustlab.errors import UserError, unknown_name
+from robustlab.errors import UserError, lookup
 
 CONFIGS: dict[str, type[DefenceConfig]] = {config.name: config for config in OBJECTIVES}
 
@@ -28,9 +28,7 @@ def list_defences() -> list[str]:
 
 def defence_config_type(name: str) -> type[DefenceConfig]:
     """The config dataclass of defence ``name``; unknown name -> UserError with a suggestion."""
-    if name not in CONFIGS:
-        raise unknown_name("defence", name, CONFIGS)
-    return CONFIGS[name]
+    return lookup("defence", name, CONFIGS)
 
 
 def describe_defences() -> str:
