@@ -18,10 +18,10 @@ import re
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import pydantic.dataclasses
-from pydantic import ConfigDict, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 from pydantic.fields import FieldInfo
 
 from robustlab.errors import UserError, suggestion
@@ -30,6 +30,11 @@ T = TypeVar("T")
 
 SPEC_CONFIG = ConfigDict(extra="forbid")
 NONE_WORDS = ("none", "null")  # how a command line or --set writes "unset"
+
+# Whole-number fields, declared once: strict (True or 2.5 is refused, not coerced), with their
+# lower bound. ``size: Count = Field(default=96, description=...)``; ``Count | None`` for unset.
+Count = Annotated[int, Field(ge=1, strict=True)]  # 1, 2, ...
+Natural = Annotated[int, Field(ge=0, strict=True)]  # 0, 1, ...
 
 
 @typing.dataclass_transform(frozen_default=True, field_specifiers=(pydantic.Field,))
@@ -149,10 +154,17 @@ def read_number(text: str) -> float | None:
 def unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     """``X | None`` -> (X, True); anything else -> (annotation, False)."""
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        # ``Count | None``: the constraints stay with the field; the converter needs the type
+        args = [_bare(a) for a in typing.get_args(annotation) if a is not type(None)]
         if len(args) < len(typing.get_args(annotation)):
             return functools.reduce(operator.or_, args), True
     return annotation, False
+
+
+def _bare(annotation: Any) -> Any:
+    """``Annotated[int, ...]`` -> ``int``; any other annotation as it is."""
+    is_annotated = typing.get_origin(annotation) is Annotated
+    return typing.get_args(annotation)[0] if is_annotated else annotation
 
 
 def choices_of(annotation: Any) -> tuple[Any, ...] | None:

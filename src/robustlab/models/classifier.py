@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from robustlab.budgets import check_budget
 from robustlab.errors import UserError, check_range
 from robustlab.models.small_cnns import CnnBackbone
-from robustlab.specs import spec, spec_fields
+from robustlab.specs import Count, spec, spec_fields
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 FROM_DATA = ("num_classes", "in_chans", "input_size")  # filled from the data by train_run
@@ -39,19 +39,13 @@ class ModelSpec:
         min_length=1,
         description="architecture: a timm model name or a built-in (see 'robustlab models')",
     )
-    num_classes: int | None = Field(
-        default=None, ge=1, strict=True, description="outputs of the head (from the data)"
+    num_classes: Count | None = Field(
+        default=None, description="outputs of the head (from the data)"
     )
-    in_chans: int = Field(
-        default=3, ge=1, strict=True, description="input channels (from the data)"
-    )
-    input_size: int = Field(
-        default=96, ge=1, strict=True, description="side of the square [0, 1] input images"
-    )
-    resize_to: int | None = Field(
+    in_chans: Count = Field(default=3, description="input channels (from the data)")
+    input_size: Count = Field(default=96, description="side of the square [0, 1] input images")
+    resize_to: Count | None = Field(
         default=None,
-        ge=1,
-        strict=True,
         description="resize inside the model (bilinear) to this side",
     )
     pretrained: str | None = Field(

@@ -10,7 +10,7 @@ from pydantic import BeforeValidator, Field
 
 from robustlab.budgets import check_budget
 from robustlab.errors import UserError
-from robustlab.specs import spec
+from robustlab.specs import Count, Natural, spec
 
 Strategy = Literal["frozen", "finetune", "scratch"]
 OptimizerName = Literal["rmsprop", "adam", "sgd"]
@@ -45,26 +45,18 @@ class TrainSpec:
     lr: float = Field(
         default=1e-4, gt=0.0, le=10.0, allow_inf_nan=False, description="learning rate"
     )
-    epochs: int = Field(
-        default=10, ge=1, strict=True, description="total epochs (finetune: head epochs included)"
-    )
-    batch_size: int = Field(default=32, ge=1, strict=True, description="images per training batch")
-    seed: int = Field(
-        default=0, ge=0, strict=True, description="seed of the head init and shuffling"
-    )
-    patience: int | None = Field(
+    epochs: Count = Field(default=10, description="total epochs (finetune: head epochs included)")
+    batch_size: Count = Field(default=32, description="images per training batch")
+    seed: Natural = Field(default=0, description="seed of the head init and shuffling")
+    patience: Count | None = Field(
         default=None,
-        ge=1,
-        strict=True,
         description="early stopping: epochs without a better val accuracy (best weights restored)",
     )
     weight_decay: float = Field(default=0.0, ge=0.0, allow_inf_nan=False, description="L2 penalty")
     momentum: float = Field(
         default=0.9, ge=0.0, le=1.0, allow_inf_nan=False, description="sgd / rmsprop momentum"
     )
-    head_epochs: int = Field(
-        default=2, ge=0, strict=True, description="finetune: head-only epochs first"
-    )
+    head_epochs: Natural = Field(default=2, description="finetune: head-only epochs first")
     unfreeze: str = Field(default="all", description="finetune: 'all' or the last k blocks")
     finetune_lr_factor: float = Field(
         default=0.1,
@@ -74,9 +66,7 @@ class TrainSpec:
         description="finetune: lr multiplier once the backbone is unfrozen",
     )
     channels_last: bool = Field(default=True, description="NHWC memory layout (faster on CPU)")
-    eval_batch_size: int = Field(
-        default=128, ge=1, strict=True, description="images per scoring batch"
-    )
+    eval_batch_size: Count = Field(default=128, description="images per scoring batch")
     augment: Annotated[tuple[Augmentation, ...], BeforeValidator(_check_augment)] = Field(
         default=(),
         description="opt-in training augmentation: crop (random resized crop), flip, jitter "
