@@ -83,28 +83,30 @@ class Task:
     defences: dict[str, DefenceConfig] = field(default_factory=dict)
 
 
+def stratified_data(args: argparse.Namespace, name: str, **settings: Any) -> DataSpec:
+    """Both tasks' data: a stratified split seeded by ``--seed``."""
+    return DataSpec(name=name, seed=args.seed, stratify=True, **settings)
+
+
+def adam_training(args: argparse.Namespace, **settings: Any) -> TrainConfig:
+    """Both tasks' training: Adam at lr 1e-3, seeded by ``--seed``."""
+    return TrainConfig(optimizer="adam", lr=1e-3, seed=args.seed, **settings)
+
+
 def fashion_mnist_task(args: argparse.Namespace) -> Task:
     eps, steps = 0.1, args.fmnist_train_steps
     n_train, n_val, n_test = args.fmnist_train, 1000, max(args.eval, 1)
     total = n_train + n_val + n_test
     return Task(
         name="fashion-mnist",
-        data=DataSpec(
-            name="fashion-mnist",
+        data=stratified_data(
+            args,
+            "fashion-mnist",
             limit=total,
             split=(n_train / total, n_val / total, n_test / total),
-            seed=args.seed,
-            stratify=True,
         ),
         model=ModelSpec(arch="small-cnn", num_classes=10, in_chans=1, input_size=28),
-        train=TrainConfig(
-            strategy="scratch",
-            optimizer="adam",
-            lr=1e-3,
-            epochs=args.fmnist_epochs,
-            batch_size=64,
-            seed=args.seed,
-        ),
+        train=adam_training(args, strategy="scratch", epochs=args.fmnist_epochs, batch_size=64),
         eps=eps,
         attack_steps=20,
         eval_images=args.eval,
@@ -128,26 +130,23 @@ def leaf_task(args: argparse.Namespace) -> Task:
     warmup = head_epochs + 1
     return Task(
         name="leaf",
-        data=DataSpec(
-            name="plantvillage-tomato",
+        data=stratified_data(
+            args,
+            "plantvillage-tomato",
             task="unhealthy",
             limit=args.leaf_limit,
             split=(0.6, 0.1, 0.3),
-            seed=args.seed,
-            stratify=True,
         ),
         model=ModelSpec(
             arch="tf_efficientnet_lite0", num_classes=2, pretrained="offline", input_size=96
         ),
-        train=TrainConfig(
+        train=adam_training(
+            args,
             strategy="finetune",
-            optimizer="adam",
-            lr=1e-3,
             epochs=args.leaf_epochs,
             head_epochs=head_epochs,
             finetune_lr_factor=0.1,
             batch_size=32,
-            seed=args.seed,
         ),
         eps=eps,
         attack_steps=10,

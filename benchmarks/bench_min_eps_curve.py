@@ -13,7 +13,7 @@ white-box PGD accuracy curve at 5 epsilons is measured three ways, side by side 
 It prints the three curves, the largest disagreement of the min-eps curve with the fixed runs
 (goal: within 2 percentage points at every eps) and the time of each relative to min-eps.
 
-    .venv/bin/python benchmarks/bench_min_eps_curve.py [--train 5000] [--steps 200]
+    .venv/bin/python benchmarks/bench_min_eps_curve.py [--train 5000] [--epochs 3]
         [--eval 200] [--pgd-steps 10] [--search-steps 5] [--threads 2]
 
 Defaults take 1-3 minutes on 2 CPU cores (busy), data loading and training included.
@@ -26,31 +26,25 @@ import logging
 import time
 
 import torch
-import torch.nn.functional as F
 
 from robustlab.attacks import accuracy_from_min_eps, get_attack, sweep_dataset
 from robustlab.data import DataSpec, load_splits
 from robustlab.evaluation import predict_logits
 from robustlab.models import ModelSpec, create_model
+from robustlab.training import TrainSpec, fit
 
 EPSILONS = [0.01, 0.02, 0.03, 0.05, 0.08]  # L-inf, [0, 1] pixel units
 GOAL_PP = 2.0
 
 
-def train(spec: DataSpec, steps: int) -> tuple[torch.nn.Module, object]:
-    """A quickly fitted small-cnn (Adam, batch 64) and the data splits."""
+def train(spec: DataSpec, epochs: int) -> tuple[torch.nn.Module, object]:
+    """A small-cnn fitted from scratch by the library's training loop, and the data splits."""
     splits = load_splits(spec)
     torch.manual_seed(0)
     model = create_model(ModelSpec(arch="small-cnn", num_classes=10, in_chans=1, input_size=28))
-    optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
-    images, labels = splits.train.images, splits.train.labels
-    model.train()
-    for _ in range(steps):
-        batch = torch.randint(0, len(images), (64,))
-        loss = F.cross_entropy(model(images[batch]), labels[batch])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
+    config = TrainSpec(strategy="scratch", optimizer="adam", lr=2e-3, epochs=epochs, batch_size=64)
+    pairs = [(part.images, part.labels) for part in (splits.train, splits.val)]
+    fit(model, *pairs, config, progress=False)
     return model.eval(), splits
 
 
@@ -77,7 +71,7 @@ def timed(function, *args, **kwargs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=5000, help="images loaded (70 %% train)")
-    parser.add_argument("--steps", type=int, default=200, help="training steps")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs")
     parser.add_argument("--eval", type=int, default=200, help="test images attacked")
     parser.add_argument("--pgd-steps", type=int, default=10)
     parser.add_argument("--search-steps", type=int, default=5, help="bisection steps")
@@ -88,7 +82,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     (model, splits), seconds = timed(
-        train, DataSpec("fashion-mnist", limit=args.train, stratify=True), args.steps
+        train, DataSpec("fashion-mnist", limit=args.train, stratify=True), args.epochs
     )
     x, y = splits.test.images[: args.eval], splits.test.labels[: args.eval]
     clean = float((predict_logits(model, x).argmax(1) == y).float().mean())

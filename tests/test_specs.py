@@ -12,6 +12,8 @@ from typing import Any, Literal
 import pytest
 from pydantic import Field
 
+from robustlab.attacks.base import LOSSES
+from robustlab.attacks.spec import FLAG_SETTINGS, setting_choices, setting_defaults
 from robustlab.cli import build_parser
 from robustlab.cli.spec_args import (
     MODEL_CLI_EXCLUDE,
@@ -139,6 +141,30 @@ def test_cli_and_study_sources_hold_no_spec_choices_or_defaults() -> None:
         for value in _constants(source):
             assert value not in choice_sets, f"{source.name} restates the choices {value}"
             assert value not in words, f"{source.name} restates the default {value!r}"
+
+
+@pytest.mark.parametrize("command", ["attack", "evaluate"])
+def test_attack_flags_are_generated_from_the_attack_classes(command) -> None:
+    options = subparser((command,))._option_string_actions
+    for name, description in FLAG_SETTINGS.items():
+        defaults = setting_defaults(name)
+        assert defaults, f"{name} is no attack's setting"
+        action = options["--" + name.replace("_", "-")]
+        assert action.default is None  # unset: the chosen attack's own default applies
+        shown = show(defaults[0]) if len(defaults) == 1 else "the attack's own"
+        assert action.help.replace("%%", "%") == f"{description} (default: {shown})"
+        choices = setting_choices(name)
+        assert action.metavar == ("{" + ",".join(choices) + "}" if choices else None)
+    assert setting_choices("loss") == LOSSES and setting_defaults("seed") == [0]
+
+
+def test_cli_sources_write_no_attack_setting_flag_help_or_choice() -> None:
+    texts = set(FLAG_SETTINGS.values())
+    flags = {"--" + name.replace("_", "-") for name in FLAG_SETTINGS}
+    for source in sorted((SRC / "cli").glob("*.py")):
+        for value in _constants(source):
+            assert value not in texts and value not in flags, f"{source.name} writes {value!r}"
+            assert value != LOSSES, f"{source.name} restates the attack losses"
 
 
 def test_study_blocks_have_exactly_the_spec_fields_and_defaults() -> None:

@@ -30,20 +30,3 @@ def test_single_attacks_are_graded_as_upper_bounds(fake_run):  # noqa: F811
     evaluation = json.loads((fake_run.out / "attack.json").read_text())["evaluation"]
     assert evaluation["grade"] == "white-box" and evaluation["robust_after"] is None
     assert "--attack autoattack" in evaluation["statement"]
-
-
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--attack", "autoattack", "--set", "queries=-1"], "autoattack.queries must be >= 1"),
-        (["--attack", "apgd", "--set", "eot_samples=0"], "apgd.eot_samples must be >= 1"),
-        (["--attack", "apgd-t", "--set", "top_k=4"], "apgd-t.top_k must be <= 3"),
-        (["--attack", "fab", "--set", "top_k=9"], "fab.top_k must be <= 3"),
-        (["--attack", "autoattack", "--set", "version=fast"], "autoattack.version"),
-    ],
-)
-def test_bad_settings_exit_2_with_one_line(fake_run, capsys, args, message):  # noqa: F811
-    assert _attack(fake_run, *args, "--eps", "0.02", "--steps", "2") == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
-    assert not (fake_run.out / "attack.json").exists()

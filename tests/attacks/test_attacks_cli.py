@@ -43,21 +43,8 @@ def _attack(run, *extra):
 
 
 def test_writes_results_and_adversarials(fake_run):
-    rc = _attack(
-        fake_run,
-        "--attack",
-        "pgd",
-        "--eps",
-        "0:8/255:3",
-        "--steps",
-        "3",
-        "--limit",
-        "15",
-        "--batch-size",
-        "4",
-        "--seed",
-        "1",
-    )
+    flags = "--attack pgd --eps 0:8/255:3 --steps 3 --limit 15 --batch-size 4 --seed 1"
+    rc = _attack(fake_run, *flags.split())
     assert rc == 0
     record = json.loads((fake_run.out / "attack.json").read_text())
     assert record["format"] == "robustlab-attack"
@@ -94,18 +81,8 @@ def test_writes_results_and_adversarials(fake_run):
 
 
 def test_targeted_min_norm_and_no_adversarials(fake_run):
-    rc = _attack(
-        fake_run,
-        "--attack",
-        "minimal",
-        "--eps",
-        "0.01,0.05",
-        "--targeted",
-        "c",
-        "--set",
-        "search_steps=3",
-        "--no-adversarials",
-    )
+    flags = "--attack minimal --eps 0.01,0.05 --targeted c --set search_steps=3 --no-adversarials"
+    rc = _attack(fake_run, *flags.split())
     assert rc == 0
     record = json.loads((fake_run.out / "attack.json").read_text())
     assert record["target_class"] == 2 and record["target_name"] == "c"
@@ -132,7 +109,24 @@ def test_targeted_min_norm_and_no_adversarials(fake_run):
         (["--attack", "pgd", "--eps", "0.1", "--limit", "0"], "--limit"),
         (["--attack", "pgd", "--eps", "0.1", "--batch-size", "0"], "--batch-size"),
         (["--attack", "pgd", "--eps", "0.1", "--targeted", "7"], "out of range"),
-        (["--attack", "pgd", "--eps", "0.1", "--targeted", "dog"], "--targeted: unknown class 'dog'"),
+        (
+            ["--attack", "pgd", "--eps", "0.1", "--targeted", "dog"],
+            "--targeted: unknown class 'dog'",
+        ),
+        (["--attack", "pgd", "--eps", "0.1", "--steps", "2", "--set", "steps=3"], "given twice"),
+        (["--attack", "sign-noise", "--eps", "0.1", "--loss", "ce"], "'loss'"),
+        (["--attack", "pgd", "--eps", "0.1", "--loss", "cw"], r"pgd\.loss must be one of"),
+        (["--attack", "pgd", "--eps", "0.1", "--seed", "x"], r"pgd\.seed must be an integer"),
+        *[
+            (["--attack", name, "--eps", "0.02", "--steps", "2", "--set", setting], message)
+            for name, setting, message in [
+                ("autoattack", "queries=-1", "autoattack.queries must be >= 1"),
+                ("apgd", "eot_samples=0", "apgd.eot_samples must be >= 1"),
+                ("apgd-t", "top_k=4", "apgd-t.top_k must be <= 3"),
+                ("fab", "top_k=9", "fab.top_k must be <= 3"),
+                ("autoattack", "version=fast", "autoattack.version"),
+            ]
+        ],
     ],
 )
 def test_user_errors_exit_2_and_write_nothing(fake_run, capsys, args, message):

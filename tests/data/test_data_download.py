@@ -29,6 +29,18 @@ def leftovers(folder: Path) -> list[str]:
     return [p.name for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
 
 
+def copy_mirror(mirror: dict[str, tuple[str, str]], folder: Path, *, unzip: bool = False) -> Path:
+    """The mirror's files copied into ``folder`` as a data dir holds them (``unzip``: the
+    uncompressed idx files instead of the ``.gz``)."""
+    folder.mkdir()
+    for name, (url, _) in mirror.items():
+        data = Path(url[len("file://") :]).read_bytes()
+        if unzip:
+            name, data = name.removesuffix(".gz"), gzip.decompress(data)
+        (folder / name).write_bytes(data)
+    return folder
+
+
 @pytest.fixture
 def mirror(tmp_path: Path) -> dict[str, tuple[str, str]]:
     """A tiny MNIST in idx.gz files on disk: {file name: (file:// URL, sha256)}."""
@@ -152,11 +164,7 @@ def test_offline_never_calls_the_opener(tmp_path: Path, monkeypatch: pytest.Monk
 def test_uncompressed_idx_files_are_accepted(
     tmp_path: Path, mirror: dict[str, tuple[str, str]]
 ) -> None:
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name, (url, _) in mirror.items():
-        data = gzip.decompress(Path(url[len("file://") :]).read_bytes())
-        (folder / name[: -len(".gz")]).write_bytes(data)
+    copy_mirror(mirror, tmp_path / "mnist", unzip=True)
     splits = load_splits(DataSpec("mnist", split=(0.6, 0.2, 0.2)), tmp_path)
     assert sum(len(p) for _, p in splits.items()) == 30
 
@@ -178,10 +186,7 @@ def test_corrupt_idx(data: bytes, match: str) -> None:
 def test_corrupt_gzip_idx_in_the_data_dir(
     tmp_path: Path, mirror: dict[str, tuple[str, str]]
 ) -> None:
-    folder = tmp_path / "mnist"
-    folder.mkdir()
-    for name, (url, _) in mirror.items():
-        (folder / name).write_bytes(Path(url[len("file://") :]).read_bytes())
+    folder = copy_mirror(mirror, tmp_path / "mnist")
     (folder / FILES[0]).write_bytes(b"\x1f\x8b broken gzip")
     with pytest.raises(UserError, match="gzip"):
         load_splits(DataSpec("mnist"), tmp_path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from data_helpers import labelled_arrays, write_folder, write_npy_dir
 
-from robustlab.data import DataSpec, clear_caches, load_splits
+from robustlab.data import DataSpec, clear_caches, load_splits, prepared
 from robustlab.data.prepared import cache_dir, prepare_folder
 from robustlab.data.stream import (
     ENV_BUDGET,
@@ -25,6 +25,8 @@ from robustlab.data.stream import (
     take,
 )
 from robustlab.errors import UserError
+
+WRITE_SHARD = prepared._write_shard  # the real one, before any test wraps it
 
 
 @pytest.fixture(autouse=True)
@@ -179,7 +181,6 @@ def test_folder_selection_decodes_only_the_chosen_files(
     assert full.classes == ("c", "a")
     assert sum(len(part) for _, part in full.items()) == 10
     decoded: list[str] = []
-    import robustlab.data.prepared as prepared
 
     original = prepared._decode
     monkeypatch.setattr(
@@ -236,51 +237,56 @@ def test_stale_foreign_and_unfinished_caches_are_refused(tmp_path: Path) -> None
         load_splits(DataSpec(str(root)))
 
 
-def test_prepare_resumes_from_its_finished_shards(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import robustlab.data.prepared as prepared
-
+@pytest.fixture
+def ten_images_in_shards_of_3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder of 10 images (classes a, b) that ``prepare_folder`` writes as 4 shards."""
     monkeypatch.setattr(prepared, "SHARD_SIZE", 3)
     root = tmp_path / "set"
     write_folder(root, {"a": 5, "b": 5})
-    original = prepared._write_shard
-    calls: list[int] = []
+    return root
 
-    def dies_at_third(folder, k, *rest):  # a kill -9 after two shards were written
-        if len(calls) == 2:
+
+def record_shard_writes(monkeypatch: pytest.MonkeyPatch, kill_after: int = -1) -> list[int]:
+    """The shards ``prepare_folder`` writes from now on, in order; with ``kill_after``, a kill
+    (KeyboardInterrupt) once that many were written."""
+    written: list[int] = []
+
+    def write(folder: Path, k: int, *rest: object) -> object:
+        if len(written) == kill_after:
             raise KeyboardInterrupt
-        calls.append(k)
-        return original(folder, k, *rest)
+        written.append(k)
+        return WRITE_SHARD(folder, k, *rest)
 
-    monkeypatch.setattr(prepared, "_write_shard", dies_at_third)
+    monkeypatch.setattr(prepared, "_write_shard", write)
+    return written
+
+
+def test_prepare_resumes_from_its_finished_shards(
+    ten_images_in_shards_of_3: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = ten_images_in_shards_of_3
+    record_shard_writes(monkeypatch, kill_after=2)  # a kill -9 after two shards were written
     with pytest.raises(KeyboardInterrupt):
         prepare_folder(root, None, workers=1)
     folder = cache_dir(root, None)
     assert not any(p.name.endswith(".tmp") for p in folder.iterdir())
-    calls.clear()
-    monkeypatch.setattr(
-        prepared,
-        "_write_shard",
-        lambda folder, k, *rest: calls.append(k) or original(folder, k, *rest),
-    )
+    written = record_shard_writes(monkeypatch)
     prepare_folder(root, None, workers=1)
-    assert calls == [2, 3]  # shards 0 and 1 were kept
+    assert written == [2, 3]  # shards 0 and 1 were kept
     direct_images = [np.load(folder / f"shard-{k:05d}.npy") for k in range(4)]
     assert sum(len(a) for a in direct_images) == 10
 
 
 def test_disk_full_while_preparing_is_one_line_and_resumable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    ten_images_in_shards_of_3: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import errno
 
-    import robustlab.data.prepared as prepared
     from robustlab.cli import main
 
-    monkeypatch.setattr(prepared, "SHARD_SIZE", 3)
-    root = tmp_path / "set"
-    write_folder(root, {"a": 5, "b": 5})
+    root = ten_images_in_shards_of_3
     real_save = np.save
     saved: list[int] = []
 
@@ -303,11 +309,7 @@ def test_disk_full_while_preparing_is_one_line_and_resumable(
     with pytest.raises(UserError, match="unfinished"):
         load_splits(DataSpec(str(root)))
     monkeypatch.setattr(prepared.np, "save", real_save)  # space freed: the rerun resumes
-    written = []
-    original = prepared._write_shard
-    monkeypatch.setattr(
-        prepared, "_write_shard", lambda f, k, *rest: written.append(k) or original(f, k, *rest)
-    )
+    written = record_shard_writes(monkeypatch)
     assert main(["data", "prepare", str(root), "--workers", "1"]) == 0
     assert written == [2, 3]
     clear_caches()

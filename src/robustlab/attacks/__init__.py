@@ -45,7 +45,13 @@ from robustlab.attacks.registry import (
 )
 from robustlab.attacks.spec import AttackSpec
 from robustlab.attacks.square import Square
-from robustlab.attacks.sweep import SweepResult, accuracy_from_min_eps, sweep, sweep_dataset
+from robustlab.attacks.sweep import (
+    SweepOptions,
+    SweepResult,
+    accuracy_from_min_eps,
+    sweep,
+    sweep_dataset,
+)
 
 __all__ = [
     "APGD",
@@ -75,6 +81,7 @@ __all__ = [
     "SignNoise",
     "SoftmaxOutputWarning",
     "Square",
+    "SweepOptions",
     "SweepResult",
     "accuracy_from_min_eps",
     "as_logits_model",

@@ -22,11 +22,13 @@ from torch import Tensor
 
 from robustlab.attacks.base import (
     Batch,
+    L2Ball,
     ModelView,
     check_int,
     check_steps,
     flat_norm,
     is_success,
+    noise_like,
     objective,
 )
 from robustlab.attacks.batched import BatchedAttack, loss_gradient
@@ -131,7 +133,7 @@ class APGD(BatchedAttack):
         return objective(logits, y, target, self.loss)
 
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = noise_like(x, generator)
         noise = noise.mul_(2).sub_(1)
         scale = flat_norm(noise, "linf").clamp_min(_TINY).view_as(eps[:, :1, :1, :1])
         return (x + eps * noise / scale).clamp_(0.0, 1.0)
@@ -273,7 +275,7 @@ class APGD(BatchedAttack):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class APGDL2(APGD):
+class APGDL2(L2Ball, APGD):
     """Auto-PGD in the L2 ball; same settings as ``apgd``, ``eps`` an L2 radius (pixel units).
 
     The step is the gradient divided by its L2 norm; the random start is a Gaussian direction
@@ -281,13 +283,9 @@ class APGDL2(APGD):
     """
 
     name = "apgd-l2"
-    norm = "l2"
-    eps_high = math.inf
-
-    eps: float = 0.5
 
     def _start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
-        noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = noise_like(x, generator, gaussian=True)
         scale = flat_norm(noise, "l2").clamp_min(_TINY).view_as(eps[:, :1, :1, :1])
         return (x + eps * noise / scale).clamp_(0.0, 1.0)
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar, Self
@@ -101,6 +102,13 @@ def as_logits_model(model: nn.Module, key: str = "logits") -> nn.Module:
 def quiet_default(value: Any) -> Any:
     """A dataclass field whose default is not recorded by ``Attack.settings`` (see there)."""
     return dataclasses.field(default=value, metadata={"quiet": True})
+
+
+def noise_like(x: Tensor, generator: torch.Generator | None, *, gaussian: bool = False) -> Tensor:
+    """Noise of ``x``'s shape, dtype and device from an attack's private generator: uniform in
+    ``[0, 1)``, or standard normal with ``gaussian``."""
+    draw = torch.randn if gaussian else torch.rand
+    return draw(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
 def check_int(field: str, value: Any, low: int | None = None) -> int:
@@ -409,6 +417,18 @@ class Batch:
     def parts(self, size: int | None) -> list[Batch]:
         """Consecutive sub-batches of at most ``size`` samples (``None``: the whole batch)."""
         return [self.part(part) for part in chunks(self.x.shape[0], size)]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class L2Ball:
+    """Mixin of the ``-l2`` variants (``pgd-l2``, ``apgd-l2``, ``fgm``, ``square-l2``): ``eps``
+    is an L2 radius in pixel units and may exceed 1 (the L2 diameter of a ``(C, H, W)`` image
+    is ``sqrt(C*H*W)``). List it before the L-inf class it varies."""
+
+    norm: ClassVar[str] = "l2"
+    eps_high: ClassVar[float] = math.inf
+
+    eps: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from robustlab.attacks.base import (
     check_steps,
     flat_norm,
     is_success,
+    noise_like,
 )
 from robustlab.attacks.batched import loss_gradient
 from robustlab.errors import UserError, check_range
@@ -228,7 +229,7 @@ def _linearised_boundary(
 
 def _random_start(x: Tensor, radius: Tensor, generator: torch.Generator | None) -> Tensor:
     """A random point at Linf distance ``radius / 2`` (per sample) around ``x``, in the box."""
-    noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+    noise = noise_like(x, generator).mul_(2).sub_(1)
     scale = flat_norm(noise, "linf").clamp_min(1e-12)
     shape = (-1,) + (1,) * (x.ndim - 1)
     return (x + (radius / scale).view(shape) * noise / 2).clamp_(0.0, 1.0)

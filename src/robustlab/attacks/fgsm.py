@@ -8,7 +8,6 @@ of radius ``eps``.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import Tensor
@@ -16,6 +15,7 @@ from torch import Tensor
 from robustlab.attacks.base import (
     Batch,
     DirectionAttack,
+    L2Ball,
     check_int,
     input_gradient,
     quiet_default,
@@ -67,7 +67,7 @@ class FGSM(DirectionAttack):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class FGM(FGSM):
+class FGM(L2Ball, FGSM):
     """Fast gradient method in the L2 ball: ``x_adv = clip(x + eps * g / ||g||_2, 0, 1)``.
 
     FGSM's L2 form (Goodfellow et al. 2015; Miyato et al. 2016 for the L2 step, the step that
@@ -80,10 +80,6 @@ class FGM(FGSM):
     """
 
     name = "fgm"
-    norm = "l2"
-    eps_high = math.inf
-
-    eps: float = 0.5
 
     def _unit(self, grad: Tensor) -> Tensor:
         squared = grad.flatten(1).square().sum(1).clamp_min(_NORM_FLOOR**2)

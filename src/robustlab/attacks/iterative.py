@@ -19,6 +19,7 @@ from robustlab.attacks.base import (
     LOSSES,
     Attack,
     Batch,
+    L2Ball,
     ModelView,
     SweepRunner,
     check_bool,
@@ -28,6 +29,7 @@ from robustlab.attacks.base import (
     input_gradient,
     is_success,
     join_parts,
+    noise_like,
     objective,
     quiet_default,
 )
@@ -334,18 +336,18 @@ class PGD(IterativeAttack):
         if not self.random_start:
             return x.clone()
         if self.start_sigma is not None:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = noise_like(x, generator, gaussian=True)
             return noise.mul_(self.start_sigma).add_(x).clamp_(0.0, 1.0)
         return self._uniform_start(x, eps, generator)
 
     def _uniform_start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         """A start drawn uniformly from the ball (clipped to the box)."""
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = noise_like(x, generator)
         return noise.mul_(2).sub_(1).mul_(eps).add_(x).clamp_(0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PGDL2(PGD):
+class PGDL2(L2Ball, PGD):
     """PGD in the L2 ball: normalised-gradient steps, projection by rescaling the perturbation.
 
     Same settings as ``pgd``; ``eps`` is an L2 radius in pixel units and may exceed 1 (the
@@ -354,14 +356,10 @@ class PGDL2(PGD):
     """
 
     name = "pgd-l2"
-    norm = "l2"
-    eps_high = math.inf
-
-    eps: float = 0.5
 
     def _uniform_start(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         # uniform in the ball: gaussian direction, radius eps * u^(1/d)
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = noise_like(x, generator, gaussian=True)
         dims = x[0].numel()
         radius = torch.rand(
             (x.shape[0],) + (1,) * (x.ndim - 1), generator=generator, device=x.device, dtype=x.dtype

@@ -12,7 +12,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
-from robustlab.attacks.base import Batch, DirectionAttack
+from robustlab.attacks.base import Batch, DirectionAttack, noise_like
 from robustlab.errors import check_range
 
 
@@ -75,7 +75,7 @@ class GaussianNoise(NoiseAttack):
             check_range(self._field("sigma"), self.sigma, 0.0)
 
     def _draw(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return noise_like(x, generator, gaussian=True)
 
     def _apply(self, x: Tensor, direction: Tensor, eps: Tensor | float) -> Tensor:
         noise = direction * (eps if self.sigma is None else self.sigma)

@@ -12,10 +12,19 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from robustlab.attacks.base import Attack
+from robustlab.attacks.base import LOSSES, Attack
 from robustlab.errors import UserError
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
+
+# The attack settings that ``robustlab attack`` / ``evaluate`` offer as flags (any other one:
+# ``--set KEY=VALUE``), with their help text. Their type, default and choices are the attack
+# classes' own fields (``setting_choices``, ``setting_defaults``); the CLI generates the flags.
+FLAG_SETTINGS: dict[str, str] = {
+    "steps": "iterations of an iterative attack",
+    "loss": "the loss the attack ascends",
+    "seed": "seed of the attack's random start and noise ('none': the global RNG)",
+}
 
 
 class AttackSpec(BaseModel):
@@ -75,3 +84,28 @@ def validated(cls: type[SpecT], values: dict[str, Any]) -> SpecT:
             raise cause from None
         where = ".".join(str(part) for part in first["loc"])
         raise UserError(f"{where}: {first['msg']}" if where else first["msg"]) from None
+
+
+def _classes_with(setting: str) -> list[type[Attack]]:
+    from robustlab.attacks.registry import ATTACKS
+
+    return [cls for cls in ATTACKS.values() if setting in cls.__dataclass_fields__]
+
+
+def setting_defaults(setting: str) -> list[Any]:
+    """The distinct defaults the registry's attacks give ``setting``, in first-seen order."""
+    defaults: list[Any] = []
+    for cls in _classes_with(setting):
+        default = cls.__dataclass_fields__[setting].default
+        if default not in defaults:
+            defaults.append(default)
+    return defaults
+
+
+def setting_choices(setting: str) -> tuple[str, ...]:
+    """The values ``setting`` may take in some attack of the registry (``loss``: the union of
+    the attacks' ``losses``, in ``LOSSES`` order); ``()`` when it takes any value of its type."""
+    if setting != "loss":
+        return ()
+    allowed = {loss for cls in _classes_with(setting) for loss in cls.losses}
+    return tuple(loss for loss in LOSSES if loss in allowed)

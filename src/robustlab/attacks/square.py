@@ -23,6 +23,7 @@ from torch import Tensor
 
 from robustlab.attacks.base import (
     Batch,
+    L2Ball,
     ModelView,
     check_choice,
     check_steps,
@@ -202,7 +203,7 @@ def _pseudo_gaussian(side: int, like: Tensor, transpose: bool) -> Tensor:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class SquareL2(Square):
+class SquareL2(L2Ball, Square):
     """Square Attack, L2 (Andriushchenko et al. 2020, Algorithm 3); same settings as ``square``.
 
     ``eps`` is an L2 radius in pixel units. The start is a grid of pseudo-Gaussian squares
@@ -212,10 +213,6 @@ class SquareL2(Square):
     """
 
     name = "square-l2"
-    norm = "l2"
-    eps_high = math.inf
-
-    eps: float = 0.5
 
     def _first(self, x: Tensor, eps: Tensor, generator: torch.Generator | None) -> Tensor:
         """The start: a grid of pseudo-Gaussian squares, random signs, on the eps sphere."""

@@ -234,48 +234,51 @@ class _Carry:
         )
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SweepOptions:
+    """The keyword options of ``sweep_dataset`` and ``sweep_chunks``, declared once.
+
+    target: ``None``, a class index or ``(N,)`` target classes.
+    batch_size: the most images the model sees at once; with ``keep_adversarials=False`` a
+        chunk holds ``STREAM_WINDOWS`` batches so early-stopped samples are replaced by new ones.
+    keep_adversarials, worst_case: as ``sweep``.
+    device: where batches are moved (the model must already be there).
+    progress: a progress bar over the chunks.
+    store: saves each finished chunk, so that the same call after a crash computes only the
+        missing ones.
+    """
+
+    target: Any = None
+    batch_size: int = 64
+    keep_adversarials: bool = True
+    worst_case: bool = True
+    device: str | torch.device | None = None
+    progress: bool = False
+    store: ChunkStore | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
 def sweep_dataset(
     attack: Attack,
     model: Callable[[Tensor], Any],
     images: Tensor,
     labels: Tensor,
     epsilons: Sequence[float],
-    *,
-    target: Any = None,
-    batch_size: int = 64,
-    keep_adversarials: bool = True,
-    worst_case: bool = True,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-    store: ChunkStore | None = None,
+    **options: Any,
 ) -> SweepResult:
     """``sweep`` over a whole data set ``(N, C, H, W)`` in batches, results concatenated.
 
-    Batches are moved to ``device`` (the model must already be there); results, adversarials
-    included, come back on the CPU. ``target`` is ``None``, a class index or ``(N,)``.
-    Under torchrun the batches are shared out over the ranks and gathered in order (every rank
-    gets the whole result, bit-identical to one process); ``store`` saves each finished batch
-    so that the same call after a crash computes only the missing ones.
-    ``batch_size`` is the most images the model sees at once; with ``keep_adversarials=False``
-    a chunk holds ``STREAM_WINDOWS`` batches so early-stopped samples are replaced by new ones.
+    ``options``: the fields of ``SweepOptions`` (an unknown one is a ``TypeError``). Results,
+    adversarials included, come back on the CPU. Under torchrun the batches are shared out
+    over the ranks and gathered in order (every rank gets the whole result, bit-identical to
+    one process).
     """
-    parts = sweep_chunks(
-        attack,
-        model,
-        images,
-        labels,
-        epsilons,
-        reduce=_cpu_fields,
-        target=target,
-        batch_size=batch_size,
-        keep_adversarials=keep_adversarials,
-        worst_case=worst_case,
-        device=device,
-        progress=progress,
-        store=store,
-    )
+    parts = sweep_chunks(attack, model, images, labels, epsilons, reduce=_cpu_fields, **options)
     if not parts:  # no images: the empty result of one call
-        return sweep(attack, model, images, labels, epsilons, target=target)
+        return sweep(attack, model, images, labels, epsilons, target=options.get("target"))
     return _concat([SweepResult(**part) for part in parts])
 
 
@@ -287,13 +290,7 @@ def sweep_chunks(
     epsilons: Sequence[float],
     *,
     reduce: Callable[[slice, Tensor, SweepResult], T],
-    target: Any = None,
-    batch_size: int = 64,
-    keep_adversarials: bool = True,
-    worst_case: bool = True,
-    device: str | torch.device | None = None,
-    progress: bool = False,
-    store: ChunkStore | None = None,
+    **options: Any,
 ) -> list[T]:
     """Sweep each chunk of the data set and keep only ``reduce(part, x, result)`` of it, in order.
 
@@ -302,11 +299,11 @@ def sweep_chunks(
     and only the reduced values (CPU tensors; never None with ``store``) are gathered, so a
     caller that scores adversarials on another model gathers scores, not adversarials.
     Single-process chunk boundaries and a freshly seeded attack per ``sweep`` call make the
-    list identical to one process's. Other arguments as ``sweep_dataset``.
+    list identical to one process's. ``options``: the fields of ``SweepOptions``.
     """
-    if batch_size < 1:
-        raise UserError(f"batch_size must be >= 1, got {batch_size}")
-    images, labels, target_t = _checked_dataset(images, labels, target)
+    chosen = SweepOptions(**options)
+    batch_size, device = chosen.batch_size, chosen.device
+    images, labels, target_t = _checked_dataset(images, labels, chosen.target)
     if images.shape[0] == 0:
         return []
 
@@ -324,20 +321,20 @@ def sweep_chunks(
             to_device(labels[part], device),
             epsilons,
             target=batch_target,
-            keep_adversarials=keep_adversarials,
-            worst_case=worst_case,
+            keep_adversarials=chosen.keep_adversarials,
+            worst_case=chosen.worst_case,
             batch_size=batch_size,
         )
         return reduce(part, x, result)
 
     # without adversarials to keep, a chunk holds several windows that samples stream through
-    chunk = batch_size if keep_adversarials else batch_size * STREAM_WINDOWS
+    chunk = batch_size if chosen.keep_adversarials else batch_size * STREAM_WINDOWS
     return map_chunks(
         run_chunk,
         images.shape[0],
         chunk,
-        store=store,
-        progress=f"{attack.name} sweep" if progress else None,
+        store=chosen.store,
+        progress=f"{attack.name} sweep" if chosen.progress else None,
     )
 
 

@@ -32,14 +32,10 @@ SPLITS = ("train", "val", "test")
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "attack",
-        help="attack a trained run's model; robust accuracy per epsilon",
-        description="Attack a trained run's model at one or more epsilons and write robust "
-        "accuracy, success rates and the adversarial images.",
-    )
+    summary = "attack a trained run's model; robust accuracy per epsilon"
+    parser = common.add_command(subparsers, "attack", summary, __doc__)
     parser.add_argument("run_dir", type=Path, help="run directory written by `robustlab train`")
-    common.add_attack_options(parser)
+    common.add_attack_options(parser, parser.add_argument_group("attack"))
     parser.add_argument("--targeted", metavar="CLASS", help="target class (index or name)")
     parser.add_argument("--split", default="test", choices=SPLITS, help="data split (test)")
     parser.add_argument("--limit", type=int, help="attack only the first N images of the split")
@@ -54,7 +50,7 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="do not keep or write the adversarial images (faster: fooled samples stop early)",
     )
-    parser.add_argument("--data-dir", type=Path, help="data directory (default: see data docs)")
+    common.add_data_dir(parser)
     common.add_device_option(parser)
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument(
@@ -180,7 +176,7 @@ def _attack(args: argparse.Namespace, job: AttackJob) -> int:
         "run_dir": str(args.run_dir),
         "split": job.split,
         "limit": job.limit,
-        "seed": args.seed,
+        "seed": common.global_seed(job.attack),
         "batch_size": job.batch_size,
         "device": str(args.device),
         "worst_case": job.worst_case,

@@ -7,12 +7,27 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from robustlab.cli.spec_args import MODEL_CLI_EXCLUDE, add_spec_options, defer, spec_from_args
+from robustlab.cli.spec_args import (
+    MODEL_CLI_EXCLUDE,
+    add_attack_setting_options,
+    add_spec_options,
+    attack_settings_from_args,
+    defer,
+    spec_from_args,
+)
 from robustlab.errors import UserError
 
 if TYPE_CHECKING:
     from robustlab.data import DataSpec
     from robustlab.models import ModelSpec
+
+
+def add_command(subparsers: Any, name: str, summary: str, doc: str | None) -> Any:
+    """Subcommand ``name``: ``summary`` in the command list; its ``--help`` shows ``doc`` (the
+    command module's docstring) as written, so what a command does is described once."""
+    return subparsers.add_parser(
+        name, help=summary, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
 
 
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
@@ -77,30 +92,38 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
-def add_attack_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """``--attack``, ``--eps``, ``--steps``, ``--set KEY=VALUE`` and ``--seed``: one attack of the
-    registry and its settings (``evaluate``, ``attack``); the attack itself checks them."""
-    parser.add_argument(
-        "--attack", help="attack name: fgsm, ifgsm, pgd, pgd-l2, mifgsm, apgd, autoattack, ..."
-    )
-    parser.add_argument(
-        "--eps", help="[0, 1] pixel units: 8/255, a list 0.01,0.02 or a range 0.01:0.05:5"
-    )
-    parser.add_argument("--steps", type=int, help="iterations of an iterative attack")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any other attack setting, e.g. --set restarts=5 --set loss=dlr",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="attack and noise seed (0)")
+def add_attack_options(
+    parser: argparse.ArgumentParser, group: argparse._ArgumentGroup | None = None
+) -> None:
+    """``--attack``, ``--eps``, the setting flags generated from the attack classes' fields
+    (``--steps``, ``--loss``, ``--seed``: ``spec_args.add_attack_setting_options``) and
+    ``--set KEY=VALUE`` for any other setting, in ``group`` (default: ``parser``). The
+    registry is read when the parser is first used (``defer``); the attack checks the values."""
+
+    def add(_: argparse.ArgumentParser) -> None:
+        from robustlab.attacks import list_attacks
+
+        where = group or parser
+        where.add_argument("--attack", metavar="NAME", help="one of: " + ", ".join(list_attacks()))
+        where.add_argument(
+            "--eps", help="[0, 1] pixel units: 8/255, a list 0.01,0.02 or a range 0.01:0.05:5"
+        )
+        add_attack_setting_options(where)
+        where.add_argument(
+            "--set",
+            dest="settings",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="any other attack setting, e.g. --set restarts=5 --set eot_samples=4",
+        )
+
+    defer(parser, add)
 
 
-def attack_from_args(args: argparse.Namespace, **overrides: object) -> tuple[Any, list[float]]:
+def attack_from_args(args: argparse.Namespace) -> tuple[Any, list[float]]:
     """The attack of ``add_attack_options`` (at the largest epsilon) and its epsilons, in the
-    order given; ``overrides``: settings set by other flags (None: not set). No I/O."""
+    order given. No I/O."""
     from robustlab.attacks import attack_class, get_attack, parse_eps_list, settings_from_strings
 
     if args.attack is None:
@@ -113,18 +136,23 @@ def attack_from_args(args: argparse.Namespace, **overrides: object) -> tuple[Any
         )
     if args.eps is None:
         raise UserError("--eps is required with --attack (e.g. --eps 8/255 or 0.01:0.05:5)")
-    raw: dict[str, str] = {}
+    raw = attack_settings_from_args(args)
     for item in args.settings:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set expects KEY=VALUE, got {item!r}")
+        if key.strip() in raw:
+            raise UserError(f"attack setting '{key.strip()}' is given twice (a flag and --set)")
         raw[key.strip()] = value
     settings = settings_from_strings(args.attack, raw)
     epsilons = parse_eps_list(args.eps, field="--eps", high=cls.eps_high)
-    settings.update(eps=max(epsilons), seed=args.seed)
-    flags = {"steps": args.steps, **overrides}
-    settings.update({key: value for key, value in flags.items() if value is not None})
-    return get_attack(args.attack, **settings), epsilons
+    return get_attack(args.attack, **{**settings, "eps": max(epsilons)}), epsilons
+
+
+def global_seed(attack: Any) -> int:
+    """The seed of a command's global RNG while it attacks: the attack's (0 when the attack
+    itself draws from the global RNG, ``seed=none``)."""
+    return 0 if attack.seed is None else attack.seed
 
 
 def add_device_option(parser: argparse.ArgumentParser, where: str = "where the model runs") -> None:

@@ -30,16 +30,13 @@ from robustlab.errors import UserError
 log = logging.getLogger(__name__)
 
 SPLITS = ("test", "val", "train")
-ROBUSTNESS_OPTIONS = ("surrogate", "noise", "steps", "loss", "settings", "target_class", "per_eps")
+# options that mean nothing without --attack (besides the attack's own settings)
+ROBUSTNESS_OPTIONS = ("surrogate", "noise", "settings", "target_class", "per_eps")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "evaluate",
-        help="clean accuracy, robustness curves with sanity checks, transfer matrix, report",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    summary = "clean accuracy, robustness curves with sanity checks, transfer matrix, report"
+    parser = common.add_command(subparsers, "evaluate", summary, __doc__)
     parser.add_argument("run_dir", nargs="?", type=Path, help="run directory (robustlab train)")
     parser.add_argument(
         "--split", default="test", choices=(*SPLITS, "all"), help="data split (test)"
@@ -48,7 +45,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch (128)")
     common.add_device_option(parser)
     group = parser.add_argument_group("robustness (with --attack)")
-    common.add_attack_options(group)
     group.add_argument(
         "--surrogate",
         action="append",
@@ -58,9 +54,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="black-box: craft on this run's model, score on the target (repeatable)",
     )
     group.add_argument("--noise", action="store_true", help="add the random-noise baseline curve")
-    group.add_argument(
-        "--loss", help="attack loss, e.g. ce, mse, margin, dlr (the attack's default)"
-    )
     group.add_argument("--target-class", metavar="CLASS", help="targeted attack (index or name)")
     group.add_argument(
         "--per-eps",
@@ -85,6 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument(
         "--transfer", nargs="+", type=Path, metavar="RUN_DIR", help="transfer matrix over runs"
     )
+    common.add_attack_options(parser, group)
     parser.set_defaults(func=run, distributed=True)
 
 
@@ -111,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("--examples and --save-adversarials must be >= 0")
         with claim_results(args, args.run_dir, "robustness"):
             return run_robustness(args)
-    used = [name for name in ROBUSTNESS_OPTIONS if getattr(args, name) not in (None, False, [])]
+    from robustlab.cli.spec_args import attack_settings_from_args
+
+    given = [name for name in ROBUSTNESS_OPTIONS if getattr(args, name) not in (None, False, [])]
+    used = [*given, *attack_settings_from_args(args)]
     if used or args.eps:
         shown = "--" + ", --".join(n.replace("_", "-") for n in used or ["eps"])
         raise UserError(f"{shown} need(s) --attack")
@@ -208,7 +205,7 @@ def unique_names(paths: list[Path]) -> list[str]:
 
 def build_attack(args: argparse.Namespace) -> tuple[Any, list[float]]:
     """The attack (at the largest epsilon) and the sorted epsilons, validated without I/O."""
-    attack, epsilons = common.attack_from_args(args, loss=args.loss)
+    attack, epsilons = common.attack_from_args(args)
     return attack, sorted(epsilons)
 
 
@@ -315,7 +312,7 @@ def run_robustness(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         keep_examples=tuple(kept),
         unbounded_check=not args.no_unbounded_check,
-        seed=args.seed,
+        seed=common.global_seed(attack),
     )
     result = robustness_curves(
         target.model,
@@ -399,7 +396,7 @@ def run_transfer(args: argparse.Namespace) -> int:
     x, y = take(imageset.images, slice(args.limit)), imageset.labels[: args.limit]
     out = args.out or args.transfer[0] / "transfer" / attack.name
     print(f"{attack.name} at eps {epsilons[0]:.4g}: {len(runs)} models, {len(y)} images")
-    request = TransferRequest(attack, batch_size=args.batch_size, seed=args.seed)
+    request = TransferRequest(attack, batch_size=args.batch_size, seed=common.global_seed(attack))
     matrix = transfer_matrix({run.name: run.model for run in runs}, x, y, request)
     matrix.settings |= {
         "runs": {run.name: str(run.path) for run in runs},

@@ -13,19 +13,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from robustlab.cli.common import add_data_args, add_device_option, data_spec_from, parse_floats
+from robustlab.cli.common import (
+    add_command,
+    add_data_args,
+    add_device_option,
+    data_spec_from,
+    parse_floats,
+)
 from robustlab.errors import UserError
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "import",
-        help="turn an ONNX / TorchScript / Keras model into a run directory",
-        description="Import a model trained elsewhere (.onnx, .pt TorchScript, .keras, .h5) as a "
-        "run directory bound to a data set, with its input contract applied inside the model.",
-    )
+    summary = "turn an ONNX / TorchScript / Keras model into a run directory"
+    parser = add_command(subparsers, "import", summary, __doc__)
     parser.add_argument("model_file", type=Path, help="the model file (.onnx, .pt, .keras, .h5)")
     parser.add_argument("--out", type=Path, required=True, help="run directory to create")
     add_data_args(parser)

@@ -6,8 +6,9 @@ A flag is the field's name with dashes (``batch_size`` -> ``--batch-size``) exce
 ``spec_from_args`` converts them with the one converter (``specs.from_text``) and builds the
 spec, which validates them: errors name the flag or the field, one line.
 
-Works for any spec class (data, model, training; attack and defence specs plug in the same
-way). Specs import torch, so groups are added when a command's parser is first used
+Works for any spec class (data, model, training). An attack's settings are the fields of its
+class in the registry, so the attack flags (``--steps``, ``--loss``, ``--seed``) are generated
+from those fields by ``add_attack_setting_options``. Specs import torch, so groups are added when a command's parser is first used
 (``defer``): ``robustlab --help`` stays instant.
 """
 
@@ -61,6 +62,37 @@ def add_spec_options(
     for name, info in spec_fields(cls).items():
         if (fields is None or name in fields) and name not in exclude:
             parser.add_argument(flag_of(cls, name), **option_settings(cls, name, info))
+
+
+def add_attack_setting_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """One option per ``attacks.spec.FLAG_SETTINGS`` entry (``--steps``, ``--loss``, ``--seed``):
+    help text from there, default and choices from the attack classes' fields. Values stay
+    strings (default None: the chosen attack's own) until ``attack_settings_from_args`` reads
+    them with the attack registry's one converter, for the attack chosen."""
+    from robustlab.attacks.spec import (
+        FLAG_SETTINGS,
+        AttackSpec,
+        setting_choices,
+        setting_defaults,
+    )
+
+    for name, description in FLAG_SETTINGS.items():
+        defaults = setting_defaults(name)
+        shown = show(defaults[0]) if len(defaults) == 1 else "the attack's own"
+        settings: dict[str, Any] = {"dest": dest_of(AttackSpec, name), "default": None}
+        choices = setting_choices(name)
+        if choices:
+            settings["metavar"] = "{" + ",".join(choices) + "}"
+        settings["help"] = f"{description} (default: {shown})".replace("%", "%%")
+        parser.add_argument(flag_of(AttackSpec, name), **settings)
+
+
+def attack_settings_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """The ``add_attack_setting_options`` values given, as text, by setting name."""
+    from robustlab.attacks.spec import FLAG_SETTINGS, AttackSpec
+
+    given = {name: getattr(args, dest_of(AttackSpec, name)) for name in FLAG_SETTINGS}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def option_settings(cls: type, name: str, info: Any) -> dict[str, Any]:

@@ -103,31 +103,17 @@ def _example_figures(
     eps = result.epsilons[request.eps_index]
     adversarial = white.examples[i][request.eps_index]
     probs = white.example_probs[i][request.eps_index]
-    clean_probs = images.clean_probs()[i]  # (K,)
-    clean_conf, clean_pred = clean_probs.max(dim=0)
     classes = images.classes
-    true, before, after = (
-        classes[int(images.y[i])],
-        classes[int(clean_pred)],
-        classes[int(probs.argmax())],
-    )
+    true, after = classes[int(images.y[i])], classes[int(probs.argmax())]
     stem = f"examples/{i:05d}"
-    plots.plot_triptych(
-        images.x[i].numpy(),
-        adversarial.numpy(),
-        out_dir / f"{stem}_triptych.png",
-        true_label=true,
-        clean_pred=before,
-        clean_conf=float(clean_conf),
-        adv_pred=after,
-        adv_conf=float(probs.max()),
-        eps=eps,
-    )
-    plots.plot_prediction_vectors(
-        clean_probs.tolist(),
-        probs.tolist(),
+    plots.plot_attacked_image(
+        images.x[i],
+        adversarial,
+        (images.clean_probs()[i], probs),
         classes,
-        out_dir / f"{stem}_vector.png",
+        int(images.y[i]),
+        stem=out_dir / stem,
+        eps=eps,
         title=f"image {i}: prediction vector before and after",
     )
     figures = [

@@ -217,6 +217,40 @@ def plot_prediction_vectors(
     return _save(fig, path)
 
 
+def plot_attacked_image(
+    image: Any,
+    adversarial: Any,
+    probabilities: tuple[Any, Any],
+    classes: Sequence[str],
+    true_class: int,
+    *,
+    stem: str | os.PathLike[str],
+    eps: float,
+    title: str,
+) -> tuple[Path, Path]:
+    """One attacked image's two figures: ``<stem>_triptych.png`` and ``<stem>_vector.png``.
+
+    ``image``, ``adversarial``: ``(C, H, W)`` in [0, 1]; ``probabilities``: the softmax ``(K,)``
+    before and after the attack (the predictions and confidences in the titles come from them).
+    """
+    before, after = (np.asarray(p) for p in probabilities)
+    triptych = plot_triptych(
+        np.asarray(image),
+        np.asarray(adversarial),
+        f"{os.fspath(stem)}_triptych.png",
+        true_label=classes[true_class],
+        clean_pred=classes[int(before.argmax())],
+        clean_conf=float(before.max()),
+        adv_pred=classes[int(after.argmax())],
+        adv_conf=float(after.max()),
+        eps=eps,
+    )
+    vector = plot_prediction_vectors(
+        before.tolist(), after.tolist(), classes, f"{os.fspath(stem)}_vector.png", title=title
+    )
+    return triptych, vector
+
+
 def plot_filter(delta: Any, path: str | os.PathLike[str], *, title: str = "learned filter") -> Path:
     """A learned additive filter ``(C, H, W)`` as a heat map per channel, diverging around 0.
 

@@ -172,22 +172,14 @@ def _plot_example(
 
     (image, adversarial), (before, after) = images, probabilities
     stem = f"image{index:04d}"
-    plots.plot_triptych(
-        image.numpy(),
-        adversarial.numpy(),
-        folder / f"{stem}_triptych.png",
-        true_label=classes[true_class],
-        clean_pred=classes[int(before.argmax())],
-        clean_conf=float(before.max()),
-        adv_pred=classes[int(after.argmax())],
-        adv_conf=float(after.max()),
-        eps=eps,
-    )
-    plots.plot_prediction_vectors(
-        before.tolist(),
-        after.tolist(),
+    plots.plot_attacked_image(
+        image,
+        adversarial,
+        probabilities,
         classes,
-        folder / f"{stem}_vector.png",
+        true_class,
+        stem=folder / stem,
+        eps=eps,
         title=f"test image {index}: prediction vector before and after",
     )
     return {
