@@ -38,10 +38,16 @@ def tiny_study(target_run: Path) -> dict:
         "models": [
             {"name": "target", "run": str(target_run)},
             {
-                "name": "cnn", "arch": "small-cnn", "strategy": "scratch", "optimizer": "adam",
-                "lr": 1.0e-3, "epochs": 1, "batch_size": 32, "seed": 1,
+                "name": "cnn",
+                "arch": "small-cnn",
+                "strategy": "scratch",
+                "optimizer": "adam",
+                "lr": 1.0e-3,
+                "epochs": 1,
+                "batch_size": 32,
+                "seed": 1,
             },
-        ],  # fmt: skip
+        ],
         "surrogate": "cnn",
         "target": "target",
         "eval_batch_size": 16,
