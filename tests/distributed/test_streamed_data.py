@@ -1,4 +1,5 @@
-"""``train_run`` on a split too big for the memory budget keeps it streamed end to end.
+"""A split too big for the memory budget stays streamed end to end: in ``train_run`` and in
+attack sweeps, each equal to the in-memory result.
 
 Before, ``train_run`` moved the train and val splits to the device with ``.to(device)``, which
 for a streamed split is the whole float32 set in memory (at 12 000 x 224 px: 6 GB, the run
@@ -14,9 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robustlab.data import DataSpec, clear_caches
+from robustlab.data import DataSpec, clear_caches, load_splits
 from robustlab.data.stream import ENV_BUDGET, StreamedImages
-from robustlab.models import ModelSpec
+from robustlab.errors import UserError
+from robustlab.models import ModelSpec, create_model
 from robustlab.training import TrainConfig, train_run
 
 
@@ -61,3 +63,32 @@ def test_streamed_train_run_holds_no_float_copy_and_equals_in_memory(
     a = load_file(tmp_path / "memory" / "model.safetensors")
     b = load_file(tmp_path / "streamed" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_streamed_sweep_equals_in_memory_and_checks_labels_without_a_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The labels of a streamed set are checked against a one-pixel stand-in (an expanded
+    N-image one was copied whole by the pixel check: 4 GB at 7 200 x 224 px)."""
+    from robustlab.attacks import get_attack, sweep_dataset
+
+    data = DataSpec(str(npy_folder(tmp_path / "data")))
+    monkeypatch.delenv(ENV_BUDGET, raising=False)
+    clear_caches()
+    memory = load_splits(data).test
+    monkeypatch.setenv(ENV_BUDGET, "0")
+    clear_caches()
+    streamed = load_splits(data).test
+    clear_caches()
+    assert isinstance(streamed.images, StreamedImages)
+    torch.manual_seed(0)
+    model = create_model(ModelSpec("small-cnn", num_classes=3, input_size=12)).eval()
+    attack = get_attack("pgd", eps=0.1, steps=2, seed=0)
+    a, b = (
+        sweep_dataset(attack, model, split.images, split.labels, [0.05, 0.1], batch_size=4)
+        for split in (memory, streamed)
+    )
+    assert torch.equal(a.correct, b.correct) and torch.equal(a.delta_linf, b.delta_linf)
+    n = len(streamed.images)
+    with pytest.raises(UserError, match=rf"y must have shape \({n},\)"):
+        sweep_dataset(attack, model, streamed.images, streamed.labels[:-1], [0.1])
