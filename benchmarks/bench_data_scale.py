@@ -17,7 +17,9 @@ class plus noise) and measures, side by side in one run:
   from the uint8 file vs in-memory float tensors (target >= 0.9x);
 * ``--nproc 2`` training: peak memory per rank vs the single process in memory (target
   <= 0.6x); at small sizes torch's own memory per process dominates both, so the ratio is also
-  printed above the fixed cost of a process (a 64-image run): the part that grows with the data.
+  printed above the fixed cost of a process (a 64-image run): the part that grows with the data;
+* ``--nproc 2`` attack (also with ``--untrained``): peak memory per rank vs the single process
+  in memory and streamed, at the first N (``--skip attack-nproc`` leaves it out).
 
 Each ratio is printed with its target and whether it is met. ``--untrained`` attacks untrained
 runs (memory and work of an attack do not depend on the weights) to measure attacks at sizes
