@@ -17,7 +17,9 @@ class plus noise) and measures, side by side in one run:
   from the uint8 file vs in-memory float tensors (target >= 0.9x);
 * ``--nproc 2`` training: peak memory per rank vs the single process in memory (target
   <= 0.6x); at small sizes torch's own memory per process dominates both, so the ratio is also
-  printed above the fixed cost of a process (a 64-image run): the part that grows with the data.
+  printed above the fixed cost of a process (a 64-image run): the part that grows with the data;
+* ``--nproc 2`` attack (also with ``--untrained``): peak memory per rank vs the single process
+  in memory and streamed, at the first N (``--skip attack-nproc`` leaves it out).
 
 Each ratio is printed with its target and whether it is met. ``--untrained`` attacks untrained
 runs (memory and work of an attack do not depend on the weights) to measure attacks at sizes
@@ -132,9 +134,9 @@ def train_command(data: Path, out: Path, *extra: str) -> list[str]:
     )  # fmt: skip
 
 
-def attack_command(run: Path, out: Path, steps: int) -> list[str]:
+def attack_command(run: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return robustlab(
-        "attack", str(run), "--attack", "pgd", "--eps", "8/255", "--steps", str(steps),
+        *extra, "attack", str(run), "--attack", "pgd", "--eps", "8/255", "--steps", str(steps),
         "--no-adversarials", "--out", str(out),
     )  # fmt: skip
 
@@ -244,10 +246,31 @@ def measure_sizes(bench: Bench, args: argparse.Namespace) -> None:
         )
 
 
+def measure_attack_nproc(bench: Bench, args: argparse.Namespace) -> None:
+    """At the first N, the attack of ``measure_sizes`` in memory (what main did) and under
+    ``--nproc 2`` with the default memory budget (each rank chooses for itself)."""
+    first = args.images[0]
+    run_dir = bench.work / f"run-{first}-{args.size}"
+    bench.run(
+        "attack memory",
+        f"attack pgd, {first} images, in memory",
+        attack_command(run_dir, bench.work / "pgd-memory", args.attack_steps),
+        {"ROBUSTLAB_MEMORY_BUDGET": "1T"},
+    )
+    bench.run(
+        "attack nproc",
+        f"attack pgd, {first} images, --nproc 2",
+        attack_command(run_dir, bench.work / "pgd-nproc", args.attack_steps, "--nproc", "2"),
+        {},
+    )
+
+
 def measure_first(bench: Bench, args: argparse.Namespace) -> None:
     """At the first N: in memory (what main did), --nproc 2, and a tiny run (the fixed cost)."""
     first = args.images[0]
     data = bench.data(first, args.size)
+    if "attack-nproc" not in args.skip:
+        measure_attack_nproc(bench, args)
     if "memory" not in args.skip:
         bench.run(
             "train memory",
@@ -285,6 +308,10 @@ def report(bench: Bench, args: argparse.Namespace) -> None:
     if "train memory" in peaks and f"train {first}" in peaks:
         ratio = peaks[f"train {first}"] / peaks["train memory"]
         print(f"{'train streamed / in memory, ' + str(first) + ' images':<58} {ratio:5.2f}x")
+    for base, label in (("attack memory", "in memory (main)"), (f"attack {first}", "streamed")):
+        if "attack nproc" in peaks and base in peaks:
+            ratio = peaks["attack nproc"] / peaks[base]
+            print(verdict(f"attack --nproc 2 per rank / 1 process {label}", ratio, 0.6))
     if "nproc" in peaks and "train memory" in peaks:
         single = peaks["train memory"]
         print(
@@ -332,7 +359,12 @@ def main() -> int:
     )
     parser.add_argument("--throughput-images", type=int, default=2000, help="images (2000)")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds (2)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["memory", "nproc", "throughput"])
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["memory", "nproc", "attack-nproc", "throughput"],
+    )
     parser.add_argument("--workdir", type=Path, help="where the data and runs go (a temp dir)")
     args = parser.parse_args()
     images, size = PRESETS[args.preset or "issue"]

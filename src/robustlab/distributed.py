@@ -307,6 +307,33 @@ def broadcast_object(obj: T, src: int = 0) -> T:
     return box[0]
 
 
+def on_main(fn: Callable[[], T]) -> T:
+    """``fn()`` run on rank 0 alone; its return value (pickled) on every rank.
+
+    For the one writer's work that the others must agree with (claiming a folder, reading a
+    done-marker, writing a result). A ``UserError`` on rank 0 is raised on every rank with the
+    same message, so each exits with its one line instead of waiting in the next collective;
+    any other failure of rank 0 is re-raised there and ends the others with a short error.
+    """
+    if not is_distributed():
+        return fn()
+    outcome: tuple[str, Any] = ("failed", None)
+    if is_main():
+        try:
+            outcome = ("ok", fn())
+        except UserError as error:
+            outcome = ("user error", str(error))
+        except BaseException:
+            broadcast_object(outcome)  # the others stop too, then rank 0 reports its traceback
+            raise
+    kind, value = broadcast_object(outcome)
+    if kind == "user error":
+        raise UserError(value)
+    if kind == "failed":
+        raise RuntimeError("rank 0 failed (its error is reported above)")
+    return value
+
+
 def sync_buffers(module: nn.Module, src: int = 0) -> None:
     """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank."""
     if is_distributed():
@@ -409,6 +436,7 @@ __all__ = [
     "launch",
     "local_rank",
     "map_chunks",
+    "on_main",
     "rank",
     "report_user_error",
     "seeded",

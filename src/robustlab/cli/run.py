@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
@@ -37,41 +38,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--show-config", action="store_true", help="print the resolved config and exit"
     )
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, distributed=True)  # every rank runs the steps (see runner)
 
 
 def run(args: argparse.Namespace) -> int:
     from robustlab.cli.track import live_tracking, study_step_logger
+    from robustlab.distributed import is_main, on_main
     from robustlab.errors import UserError
     from robustlab.outdir import check_writable, claim_output
     from robustlab.studies import list_presets, load_study, resolve_data, run_study
     from robustlab.studies.config import dump_yaml, to_plain
 
     if args.list:
-        for name, title in list_presets().items():
+        for name, title in list_presets().items() if is_main() else ():
             print(f"{name:28s} {title}")
         return 0
     if not args.study:
         raise UserError("name a study preset or YAML file (see 'robustlab run --list')")
     study = load_study(args.study, args.overrides)
     if args.show_config:
-        print(dump_yaml(to_plain(study.config)), end="")
+        print(dump_yaml(to_plain(study.config)) if is_main() else "", end="")
         return 0
     out: Path = args.out or Path("runs") / study.name
     args.out = out  # where --track finds the results
-    check_writable(out)
-    study = resolve_data(study, args.data_dir)
-    with claim_output(out), live_tracking(args, out) as tracker:
-        results = run_study(
-            study,
-            out,
-            data_dir=args.data_dir,
-            restart=args.restart,
-            progress=show_progress(),
-            observer=study_step_logger(tracker, out),  # --track: each step as it finishes
-            on_epoch=tracker.log_study_epoch if tracker else None,  # and each training epoch
-            device=args.device,
-        )
+    # under torchrun rank 0 checks, fetches the data and holds the lock; the others follow
+    on_main(lambda: check_writable(out))
+    study = on_main(lambda: resolve_data(study, args.data_dir))
+    with contextlib.ExitStack() as held:
+        on_main(lambda: held.enter_context(claim_output(out)))  # one lock, rank 0's
+        with live_tracking(args, out) as tracker:
+            results = run_study(
+                study,
+                out,
+                data_dir=args.data_dir,
+                restart=args.restart,
+                progress=show_progress(),
+                observer=study_step_logger(tracker, out),  # --track: each step as it finishes
+                on_epoch=tracker.log_study_epoch if tracker else None,  # and each training epoch
+                device=args.device,
+            )
+    if not is_main():
+        return 0
     summary = study.definition.summary(study.config, results["steps"])
     print(
         json.dumps({"run_dir": str(out), "report": str(out / "report.html"), **summary}, indent=1)

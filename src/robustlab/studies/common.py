@@ -113,7 +113,15 @@ def train_step(model: ModelConfig, data: DataConfig) -> Step:
 
 
 def _finished_metrics(run_dir: Path) -> dict[str, Any] | None:
-    """Metrics of a training run that finished before the study was killed, else None."""
+    """Metrics of a training run that finished before the study was killed, else None.
+
+    Under torchrun rank 0 reads its step folder (the others' is scratch) and every rank agrees."""
+    from robustlab.distributed import on_main
+
+    return on_main(lambda: _read_finished_metrics(run_dir))
+
+
+def _read_finished_metrics(run_dir: Path) -> dict[str, Any] | None:
     if not (run_dir / "model.safetensors").exists() or not (run_dir / "config.json").exists():
         return None
     if any(run_dir.rglob("train_state.pt")):
@@ -428,8 +436,9 @@ def models_table(results: Mapping[str, Any], models: Sequence[ModelConfig], capt
             [
                 model.name,
                 model.describe() + (f" ({model.pretrained})" if model.pretrained else ""),
-                "loaded" if model.run else model.strategy
-                + (f" + {model.defence.name}" if model.defence else ""),
+                "loaded"
+                if model.run
+                else model.strategy + (f" + {model.defence.name}" if model.defence else ""),
                 metrics.get("epochs_run"),
                 metrics.get("train_accuracy"),
                 metrics.get("val_accuracy"),

@@ -14,21 +14,32 @@ skipped and their recorded results reused; the interrupted step runs again from 
 (training steps resume from their last finished epoch through ``train_run``'s own state).
 Every step starts from a seed derived from the config's seed and the step's name, so a
 resumed run ends with the same results as an uninterrupted one.
+
+Under torchrun (``robustlab --nproc N run``) every rank runs every recorded step, so the work
+inside that is sharded (DDP training, attack sweeps) is shared, and rank 0 is the one writer:
+it alone prepares the run directory, decides which steps are done, writes the done-markers and
+runs the unrecorded steps (results.json, the report); every rank continues with rank 0's
+recorded result. A step on another rank gets a private scratch folder as ``ctx.dir``, removed
+after the step, so a step that writes only into ``ctx.dir`` (and reads earlier steps through
+``ctx.step_dir``, which rank 0 completed before any rank moved on) needs no rank guard.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import resource
 import shutil
 import sys
+import tempfile
 import time
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robustlab import distributed
 from robustlab.errors import UserError, first_difference
 from robustlab.io import read_json, remove_stale_temporaries, write_json, write_text
 from robustlab.outdir import LOCK_FILE, is_empty_output
@@ -49,7 +60,9 @@ class StepContext:
     """What a step function gets: its folder, earlier results and a per-run object cache."""
 
     run_dir: Path
-    dir: Path  # this step's own output folder (exists; the run dir for unrecorded steps)
+    # this step's own output folder (exists; the run dir for unrecorded steps); under torchrun
+    # a private scratch folder on ranks > 0, so write here and nowhere else
+    dir: Path
     step: str
     results: Mapping[str, Any]  # results of the steps before this one, by step name
     seed: int  # this step's seed (already applied to torch)
@@ -105,7 +118,9 @@ class Step:
     title: str  # shown in progress lines, e.g. "train finetune"
     run: StepFunction
     expected_seconds: float = 5.0  # the estimate of a step without ``work`` (loading, report)
-    record: bool = True  # False: no done-marker, runs every time (e.g. the report)
+    # False: no done-marker, runs every time, writes into the run dir itself (e.g. the report);
+    # under torchrun rank 0 alone runs it, so it must not use collectives
+    record: bool = True
     work: Work | None = None
 
 
@@ -181,7 +196,12 @@ def prepare_run_dir(run_dir: Path, config: Mapping[str, Any], *, restart: bool =
     """Create ``run_dir`` for ``config``, or check that an existing one holds the same config.
 
     restart: discard an existing study run in ``run_dir`` first (never an unrelated folder).
+    Under torchrun rank 0 alone does it; a refusal is raised on every rank.
     """
+    distributed.on_main(lambda: _prepare_run_dir(run_dir, config, restart))
+
+
+def _prepare_run_dir(run_dir: Path, config: Mapping[str, Any], restart: bool) -> None:
     recorded = run_dir / "config.json"
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {run_dir} exists and is not a directory")
@@ -251,33 +271,83 @@ def _marker(result: dict[str, Any], seconds: float, work: Work | None) -> dict[s
 def _context(
     run_dir: Path,
     step: Step,
+    folder: Path,
     seed: int,
     results: Mapping[str, Any],
     timings: Mapping[str, Any],
-    data_dir: str | Path | None,
-    progress: bool,
+    options: Mapping[str, Any],
     cache: dict[str, Any],
-    device: str,
-    on_epoch: EpochObserver | None,
 ) -> StepContext:
-    """The context of ``step``: its folder made, the global RNGs seeded for it."""
-    step_dir = run_dir / step.name if step.record else run_dir
-    step_dir.mkdir(parents=True, exist_ok=True)
+    """The context of ``step`` writing into ``folder`` (made here), the global RNGs seeded."""
+    folder.mkdir(parents=True, exist_ok=True)
     this_seed = step_seed(seed, step.name)
     _seed_everything(this_seed)
+    data_dir = options["data_dir"]
     return StepContext(
         run_dir=run_dir,
-        dir=step_dir,
+        dir=folder,
         step=step.name,
         results=dict(results),
         seed=this_seed,
         timings=dict(timings),
         data_dir=Path(data_dir) if data_dir is not None else None,
-        progress=progress,
+        progress=options["progress"],
         cache=cache,
-        device=device,
-        on_epoch=on_epoch,
+        device=options["device"],
+        on_epoch=options["on_epoch"],
     )
+
+
+@contextlib.contextmanager
+def _scratch_root() -> Iterator[Path | None]:
+    """None on rank 0 (it writes into the run dir); on the other ranks a private temporary
+    folder for their steps' own outputs, removed at the end."""
+    if distributed.is_main():
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix=f"robustlab-rank{distributed.rank()}-") as folder:
+        yield Path(folder)
+
+
+def _step_folder(run_dir: Path, step: Step, scratch: Path | None) -> Path:
+    base = run_dir if scratch is None else scratch
+    return base / step.name if step.record else base
+
+
+def _run_step(step: Step, context: StepContext) -> dict[str, Any]:
+    """Run ``step`` and record it; the done-marker as rank 0 wrote it, on every rank.
+
+    A recorded step runs on every rank (its collectives must meet); rank 0 writes its marker and
+    reads it back, so a fresh run and a resumed one pass identical (JSON) values on.
+    """
+
+    def finish(result: Mapping[str, Any], seconds: float) -> dict[str, Any]:
+        marker = _marker(dict(result), seconds, step.work)
+        if not step.record:
+            return marker
+        write_json(context.dir / DONE, marker)
+        return read_json(context.dir / DONE)
+
+    def timed() -> dict[str, Any]:
+        start = time.perf_counter()
+        result = step.run(context)
+        return finish(result, time.perf_counter() - start)
+
+    if not step.record:
+        return distributed.on_main(timed)
+    start = time.perf_counter()
+    result = step.run(context)
+    seconds = time.perf_counter() - start
+    return distributed.on_main(lambda: finish(result, seconds))
+
+
+def _announce(
+    steps: Sequence[Step], index: int, costs: CostModel, results: Mapping[str, Any]
+) -> None:
+    """Log step ``index`` (1-based) starting, with the estimated time left for the run."""
+    left = sum(costs.estimate(s) for s in steps[index - 1 :] if s.name not in results)
+    title = steps[index - 1].title
+    log.info("[%d/%d] %s ... (about %s left)", index, len(steps), title, format_seconds(left))
 
 
 def run_steps(
@@ -296,46 +366,44 @@ def run_steps(
     The run directory must already be prepared (``prepare_run_dir``). A step's result is
     recorded in its done-marker only after the step function returned, so a step killed
     midway runs again (from its own saved state, if it keeps one) on the next call.
+    Under torchrun every rank returns rank 0's results (see the module docstring).
     """
     run_dir = Path(run_dir)
     names = [step.name for step in steps]
     if len(set(names)) != len(names):
         raise ValueError(f"step names must be unique, got {names}")
+    options = {"data_dir": data_dir, "progress": progress, "device": device, "on_epoch": on_epoch}
     results: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     cache: dict[str, Any] = {}
     costs = CostModel()
     total = len(steps)
-    for index, step in enumerate(steps, start=1):
-        marker = load_done(run_dir, step.name) if step.record else None
-        if marker is not None:
+    with _scratch_root() as scratch:
+        for index, step in enumerate(steps, start=1):
+            marker = distributed.on_main(
+                lambda step=step: load_done(run_dir, step.name) if step.record else None
+            )
+            event = "skip"
+            if marker is not None:
+                costs.add(marker.get("work"), marker.get("seconds", 0.0), None)
+                log.info("[%d/%d] %s: done (recorded)", index, total, step.title)
+            else:
+                _announce(steps, index, costs, results)
+                if observer:
+                    observer("start", step, index, total)
+                measured = step.work is not None and step.work.kind in costs.measured
+                guessed = None if measured else costs.guess(step)
+                folder = _step_folder(run_dir, step, scratch)
+                context = _context(run_dir, step, folder, seed, results, timings, options, cache)
+                marker = _run_step(step, context)
+                if scratch is not None and step.record:
+                    shutil.rmtree(folder, ignore_errors=True)
+                costs.add(marker.get("work"), marker["seconds"], guessed)
+                took = format_seconds(marker["seconds"])
+                log.info("[%d/%d] %s: done in %s", index, total, step.title, took)
+                event = "done"
             results[step.name] = marker["result"]
             timings[step.name] = {k: v for k, v in marker.items() if k != "result"}
-            costs.add(marker.get("work"), marker.get("seconds", 0.0), None)
-            log.info("[%d/%d] %s: done (recorded)", index, total, step.title)
             if observer:
-                observer("skip", step, index, total)
-            continue
-        left = sum(costs.estimate(s) for s in steps[index - 1 :] if s.name not in results)
-        log.info("[%d/%d] %s ... (about %s left)", index, total, step.title, format_seconds(left))
-        if observer:
-            observer("start", step, index, total)
-        context = _context(
-            run_dir, step, seed, results, timings, data_dir, progress, cache, device, on_epoch
-        )
-        guessed = None if step.work and step.work.kind in costs.measured else costs.guess(step)
-        start = time.perf_counter()
-        result = dict(step.run(context))
-        seconds = time.perf_counter() - start
-        marker = _marker(result, seconds, step.work)
-        if step.record:
-            write_json(context.dir / DONE, marker)
-            # Read back, so a fresh run and a resumed one pass identical (JSON) values on.
-            result = read_json(context.dir / DONE)["result"]
-        results[step.name] = result
-        timings[step.name] = {k: v for k, v in marker.items() if k != "result"}
-        costs.add(marker.get("work"), seconds, guessed)
-        log.info("[%d/%d] %s: done in %s", index, total, step.title, format_seconds(seconds))
-        if observer:
-            observer("done", step, index, total)
+                observer(event, step, index, total)
     return {"steps": results, "timings": timings}

@@ -367,7 +367,8 @@ def _batches(
     ]
     images = stream.batches(inputs, [index for index, _ in shares])
     for (index, weight), x in zip(shares, images, strict=True):
-        yield _layout(x, channels_last), labels[index], weight
+        # a streamed batch is formed on the CPU; in-memory images are already where labels are
+        yield _layout(x.to(labels.device), channels_last), labels[index], weight
 
 
 def _layout(x: Tensor, channels_last: bool) -> Tensor:
@@ -386,7 +387,7 @@ def _score(
     with eval_mode(forward):
         parts = distributed.shard_chunks(len(labels), config.eval_batch_size)
         for part, x in zip(parts, stream.batches(inputs, parts), strict=True):
-            x, y = _layout(x, config.channels_last), labels[part]
+            x, y = _layout(x.to(labels.device), config.channels_last), labels[part]
             logits = forward(x)
             total_loss += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
@@ -402,8 +403,10 @@ def _extract_features(model: nn.Module, images: Tensor, config: TrainConfig) -> 
     one process computing them alone.
     """
 
+    device = next(model.parameters()).device  # streamed batches are formed on the CPU
+
     def features(part: slice) -> Tensor:
-        return model.features(_layout(images[part], config.channels_last))
+        return model.features(_layout(images[part].to(device), config.channels_last))
 
     with eval_mode(model):
         chunks = distributed.map_chunks(features, len(images), config.eval_batch_size)

@@ -173,8 +173,8 @@ def _fit_phases(
     on_epoch: EpochCallback | None = None,
 ) -> list[dict[str, Any]]:
     """``fit`` each phase in turn; the history of all, each record tagged with its phase."""
-    train = (splits.train.images.to(device), splits.train.labels.to(device))
-    val = (splits.val.images.to(device), splits.val.labels.to(device))
+    train = (_on_device(splits.train.images, device), splits.train.labels.to(device))
+    val = (_on_device(splits.val.images, device), splits.val.labels.to(device))
     history = []
     for phase, state_dir in zip(phases, _state_dirs(run_dir, phases), strict=True):
         records = fit(
@@ -190,6 +190,14 @@ def _fit_phases(
         tagged = len(phases) > 1  # a single phase keeps the plain history of ``fit``
         history += [{**record, "stage": phase.name} if tagged else record for record in records]
     return history
+
+
+def _on_device(images: Any, device: str | torch.device) -> Any:
+    """In-memory images moved once; a streamed split stays streamed (a float copy of a set too
+    big for the memory budget is what streaming avoids): its batches move as they are formed."""
+    from robustlab.data.stream import is_streamed
+
+    return images if is_streamed(images) else images.to(device)
 
 
 def score_splits(model: torch.nn.Module, splits: DataSplits, batch_size: int) -> dict[str, float]:
