@@ -364,11 +364,16 @@ def input_gradient(
 # ----------------------------------------------------------------------------- norms
 
 
-def flat_norm(delta: Tensor, norm: str) -> Tensor:
-    """Per-sample norm ``(B,)`` of a perturbation ``(B, C, H, W)``: 'linf' or 'l2'."""
+def flat_norm(delta: Tensor, norm: str, *, overwrite: bool = False) -> Tensor:
+    """Per-sample norm ``(B,)`` of a perturbation ``(B, C, H, W)``: 'linf' or 'l2'.
+
+    ``overwrite``: 'linf' may take ``|delta|`` in place of ``delta`` instead of a copy of it.
+    """
     flat = delta.flatten(1)
     if norm == "linf":
-        return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+        if not flat.shape[1]:
+            return flat.new_zeros(flat.shape[0])
+        return (flat.abs_() if overwrite else flat.abs()).amax(1)
     return flat.norm(p=2, dim=1)
 
 
