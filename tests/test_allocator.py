@@ -12,12 +12,14 @@ from robustlab import allocator
 
 SCRIPT = (
     "import os, sys; from robustlab.allocator import reexec_with_tcmalloc, allocator_name;"
-    "reexec_with_tcmalloc(['-c', sys.argv[1], sys.argv[1]]); print(allocator_name())"
+    "reexec_with_tcmalloc(['-c', sys.argv[1], sys.argv[1]]); print(allocator_name(),"
+    " os.environ.get('TCMALLOC_RELEASE_RATE'))"
 )
 
 
 def run(env: dict[str, str]) -> str:
-    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ROBUSTLAB_TCMALLOC")}
+    unset = ("LD_PRELOAD", "ROBUSTLAB_TCMALLOC", "TCMALLOC_RELEASE_RATE")
+    base = {k: v for k, v in os.environ.items() if k not in unset}
     done = subprocess.run(
         [sys.executable, "-c", SCRIPT, SCRIPT],
         env={**base, **env},
@@ -31,11 +33,13 @@ def run(env: dict[str, str]) -> str:
 
 @pytest.mark.skipif(allocator.tcmalloc_library() is None, reason="tcmalloc is not installed")
 def test_restarts_once_under_tcmalloc() -> None:
-    assert run({}) == "tcmalloc"
+    # free pages go back to the system at tcmalloc's fastest gradual rate, unless one is set
+    assert run({}) == f"tcmalloc {allocator.RELEASE_RATE}"
+    assert run({"TCMALLOC_RELEASE_RATE": "2"}) == "tcmalloc 2"
 
 
 def test_opt_out_keeps_glibc_malloc() -> None:
-    assert run({"ROBUSTLAB_TCMALLOC": "0"}) == "glibc malloc"
+    assert run({"ROBUSTLAB_TCMALLOC": "0"}) == "glibc malloc None"
 
 
 def test_no_restart_when_already_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,14 @@
 glibc malloc page-faults on the large short-lived tensors of convolutions; preloading tcmalloc
 made CPU training and attacks up to 3x faster on the 2-core machines. ``LD_PRELOAD`` only
 takes effect at process start, so the process restarts itself once with it set.
+
+tcmalloc keeps freed pages for reuse and hands them back to the system slowly
+(``TCMALLOC_RELEASE_RATE``, default 1). An attack at 224 px frees and allocates windows of
+different sizes all the time, and that cache grew its peak by 0.9 GB over glibc's (3.65 GB RSS
+vs 2.69). Rate 10, the fastest gradual release, cut it to 3.24 GB at the same speed, and left
+training's peak and speed unchanged (issue 13; ``benchmarks/bench_data_scale.py``). Returning
+every free page at once (``TCMALLOC_AGGRESSIVE_DECOMMIT``) reaches glibc's peak but was 1.8x
+slower: the page faults tcmalloc is here to avoid. A rate set in the environment is kept.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ TCMALLOC_PATHS = (
     "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4",
     "/usr/lib64/libtcmalloc_minimal.so.4",
 )
+
+RELEASE_RATE = "10"  # tcmalloc's fastest gradual return of free pages (see the module doc)
 
 
 def tcmalloc_library() -> str | None:
@@ -36,6 +46,7 @@ def reexec_with_tcmalloc(python_args: Sequence[str]) -> None:
     if "tcmalloc" in preload or library is None:
         return
     env = dict(os.environ, LD_PRELOAD=f"{library}:{preload}" if preload else library)
+    env.setdefault("TCMALLOC_RELEASE_RATE", RELEASE_RATE)
     os.execve(sys.executable, [sys.executable, *python_args], env)
 
 

@@ -4,10 +4,13 @@ overlap with compute on a GPU (pinned host memory + ``non_blocking``)."""
 from __future__ import annotations
 
 import os
+from typing import TypeVar
 
 import torch
 
 from robustlab.errors import UserError
+
+T = TypeVar("T")
 
 
 def resolve_device(name: str | torch.device) -> torch.device:
@@ -29,9 +32,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return device
 
 
-def pin_for(tensor: torch.Tensor, device: str | torch.device | None) -> torch.Tensor:
+def pin_for(tensor: T, device: str | torch.device | None) -> T:
     """``tensor`` in page-locked memory when it will be copied to a GPU in slices (a slice of a
-    pinned tensor is pinned, so each batch copy can run asynchronously); else unchanged."""
+    pinned tensor is pinned, so each batch copy can run asynchronously); else unchanged.
+
+    A data set streamed from disk (not a tensor) is left as it is: pinning would read all of it
+    into memory, and its batches are fresh tensors anyway.
+    """
+    if not isinstance(tensor, torch.Tensor):
+        return tensor
     if device is None or torch.device(device).type != "cuda" or tensor.device.type != "cpu":
         return tensor
     return tensor if tensor.is_pinned() else tensor.pin_memory()

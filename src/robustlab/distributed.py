@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import faulthandler
 import io
 import json
 import logging
@@ -34,7 +35,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -78,6 +79,7 @@ def init_from_env(backend: str | None = None) -> bool:
     if "nccl" in backend:
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend, timeout=TIMEOUT)
+    faulthandler.enable()  # a rank killed by a signal (an abort in C++) shows its Python stack
     log.debug("rank %d/%d joined the process group (%s)", rank(), world_size(), backend)
     return True
 
@@ -92,6 +94,22 @@ def shutdown() -> None:
     """Leave the process group (at the end of a command), if one was joined."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End a torchrun rank with ``code`` once its work is written, skipping interpreter teardown.
+
+    Gloo's C++ threads can still be alive when the interpreter finalizes (a Work object or a
+    DDP reducer keeps the group alive past ``destroy_process_group``); destroying them then
+    aborts the rank ("terminate called without an active exception") after every output was
+    written, and torchrun reports the whole run as failed. Every file is written atomically
+    and every context manager has closed by now, so nothing is lost by leaving at once.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def is_distributed() -> bool:
@@ -429,6 +447,7 @@ __all__ = [
     "chunk_block",
     "chunk_seed",
     "chunk_slices",
+    "exit_rank",
     "gather_in_order",
     "init_from_env",
     "is_distributed",

@@ -18,6 +18,7 @@ from robustlab.attacks import (
     sweep,
     sweep_dataset,
 )
+from robustlab.attacks.sweep import STREAM_CHUNK_BYTES, STREAM_WINDOWS, chunk_size
 from robustlab.errors import UserError
 
 EPSILONS = {"linf": [0.02, 0.0, 0.005, 0.05, 0.01], "l2": [0.3, 0.0, 0.05, 1.0, 0.1]}
@@ -193,3 +194,31 @@ def test_streaming_refills_the_window(model, batch):
     full = sweep(attack, model, x, y, [0.01], keep_adversarials=True, batch_size=8)
     assert streamed.accuracy()[0] <= full.accuracy()[0]
     assert streamed.images_forwarded < full.images_forwarded
+
+
+@pytest.mark.parametrize("size", [12, 32, 96, 147, 148, 224, 512, 2048])
+@pytest.mark.parametrize("batch_size", [1, 16, 64, 300])
+def test_streamed_chunks_are_whole_batches_within_the_byte_cap(size, batch_size):
+    shape = (10_000, 3, size, size)
+    assert chunk_size(shape, batch_size, keep_adversarials=True) == batch_size
+    chunk = chunk_size(shape, batch_size, keep_adversarials=False)
+    windows, rest = divmod(chunk, batch_size)
+    assert rest == 0 and 1 <= windows <= STREAM_WINDOWS
+    pixel_bytes = chunk * 3 * size * size * 4
+    assert pixel_bytes <= STREAM_CHUNK_BYTES or windows == 1  # one batch is never split
+    if 8 * batch_size * 3 * size * size * 4 <= STREAM_CHUNK_BYTES:  # small images: as before
+        assert windows == STREAM_WINDOWS
+
+
+def test_streaming_over_rows_equals_streaming_their_copy(model, batch):
+    """A streamed sweep reads each sample from the chunk as it enters a window; the result
+    equals attacking a copy of just those samples (what it did before)."""
+    x, y = batch
+    attack = PGD(steps=4, restarts=2, seed=3)
+    rows = torch.tensor([5, 0, 7, 2, 9, 1])
+    eps = attack._eps_tensor(x, 0.03)
+    with attack._session(model, x, y, None) as whole:
+        adv, pred = attack._attack(whole, eps[rows], attack._generator(x.device), True, 4, rows)
+    with attack._session(model, x[rows], y[rows], None) as part:
+        adv_copy, pred_copy = attack._attack(part, eps[rows], attack._generator(x.device), True, 4)
+    assert torch.equal(adv, adv_copy) and torch.equal(pred, pred_copy)

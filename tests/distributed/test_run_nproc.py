@@ -96,16 +96,6 @@ def robustlab_nproc2(args: list[str], cwd: Path, tmpdir: Path) -> subprocess.Com
     )
 
 
-# A known bug (issue 13, open): in full-suite runs a `robustlab --nproc 2 run` wrote every
-# output and then one rank aborted at teardown ("terminate called without an active exception"),
-# exiting 1; run alone these tests pass. Non-strict, so the checks still run and report XPASS.
-TEARDOWN_ABORT = pytest.mark.xfail(
-    strict=False,
-    reason="known bug, issue 13: a --nproc 2 study run can abort at teardown after writing "
-    "every output ('terminate called without an active exception'), seen in full-suite runs",
-)
-
-
 def files_in(folder: Path) -> list[str]:
     return sorted(str(path.relative_to(folder)) for path in folder.rglob("*"))
 
@@ -118,7 +108,6 @@ def curves_of(path: Path, kinds: tuple[str, ...]) -> list[dict]:
     return [curve for curve in read_json(path)["curves"] if curve["kind"] in kinds]
 
 
-@TEARDOWN_ABORT
 def test_nproc_2_study_writes_once_and_attacks_like_one_process(study_file, tmp_path, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each torchrun rank: identical kernels, identical bits
@@ -158,7 +147,6 @@ def test_nproc_2_study_writes_once_and_attacks_like_one_process(study_file, tmp_
     assert abs(trained[0]["test_accuracy"] - trained[1]["test_accuracy"]) <= 2 / n_test
 
 
-@TEARDOWN_ABORT
 def test_nproc_2_resume_runs_nothing_again(study_file, tmp_path):
     scratch = tmp_path / "tmp"
     scratch.mkdir()

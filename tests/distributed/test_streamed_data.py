@@ -92,3 +92,16 @@ def test_streamed_sweep_equals_in_memory_and_checks_labels_without_a_copy(
     n = len(streamed.images)
     with pytest.raises(UserError, match=rf"y must have shape \({n},\)"):
         sweep_dataset(attack, model, streamed.images, streamed.labels[:-1], [0.1])
+
+
+def test_a_streamed_set_is_not_pinned_for_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Pinning reads a tensor whole into page-locked memory; a streamed set (no tensor, no
+    ``.device``) is left as it is and its chunks are copied as they are read."""
+    from robustlab.devices import pin_for
+
+    monkeypatch.setenv(ENV_BUDGET, "0")
+    clear_caches()
+    streamed = load_splits(DataSpec(str(npy_folder(tmp_path / "data")))).test.images
+    clear_caches()
+    assert isinstance(streamed, StreamedImages)
+    assert pin_for(streamed, "cuda") is streamed

@@ -255,3 +255,22 @@ def test_sweep_chunks_reduces_each_batch_where_it_was_crafted():
     whole = sweep_dataset(attack, model, images, labels, [0.05, 0.1], batch_size=8)
     assert torch.equal(torch.cat([p["correct"] for p in parts], 1), whole.correct)
     assert torch.equal(torch.cat([p["linf"] for p in parts], 1), whole.delta_linf)
+
+
+def test_a_rank_leaves_with_its_code_and_its_buffered_output(tmp_path):
+    """``exit_rank`` skips the interpreter's teardown (where gloo's threads could abort the
+    rank) but not the output: buffered stdout/stderr and log records still come out."""
+    code = (
+        "import logging, sys\n"
+        "from robustlab.distributed import exit_rank\n"
+        "logging.basicConfig(stream=sys.stderr)\n"
+        "print('result line')\n"
+        "logging.getLogger('x').warning('a warning')\n"
+        "exit_rank(3)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path
+    )
+    assert done.returncode == 3
+    assert done.stdout == "result line\n"
+    assert "a warning" in done.stderr

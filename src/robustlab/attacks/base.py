@@ -397,7 +397,7 @@ class SweepRunner:
 
     ``run(idx, eps)`` returns ``(x_adv, pred)`` for the samples ``idx``; ``pred`` is ``None``
     when the runner did not already compute the predictions. ``clean_pred`` and ``min_eps``
-    are filled when they came for free.
+    are filled when they came for free. ``x_adv`` is a new tensor the caller may overwrite.
     """
 
     run: Callable[[Tensor, float], tuple[Tensor, Tensor | None]]

@@ -118,12 +118,16 @@ class IterativeAttack(Attack):
         generator: torch.Generator | None,
         stop_on_success: bool,
         window: int | None = None,
+        rows: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """See ``Attack._perturb``; ``window`` caps the working batch when stopping early."""
+        """See ``Attack._perturb``; ``window`` caps the working batch when stopping early, and
+        ``rows`` (early stopping only) picks the samples of ``batch`` to attack, one per eps."""
         if self.loss == "kl" and batch.target is not None:
             raise UserError(f"{self._field('loss')} 'kl' is untargeted; give no target class")
         if stop_on_success:
-            return self._restarts_early(batch, eps, generator, window or batch.x.shape[0])
+            if rows is None:
+                rows = torch.arange(batch.x.shape[0], device=batch.x.device)
+            return self._restarts_early(batch, eps, generator, window or len(rows), rows)
         best, _ = self._run(batch, eps, generator)
         if self._restarts() == 1:
             return best, None
@@ -142,15 +146,22 @@ class IterativeAttack(Attack):
         return best, pred
 
     def _restarts_early(
-        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, window: int
+        self,
+        batch: Batch,
+        eps: Tensor,
+        generator: torch.Generator | None,
+        window: int,
+        rows: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Early-stopping runs; later restarts only attack the samples still standing."""
-        best, pred = self._stream(batch, eps, generator, window)
+        """Early-stopping runs on ``batch``'s samples ``rows``; later restarts only attack
+        the samples still standing."""
+        best, pred = self._stream(batch, eps, generator, window, rows)
+        target = None if batch.target is None else batch.target[rows]
         for _ in range(self._restarts() - 1):
-            todo = ~is_success(pred, batch.y, batch.target)
+            todo = ~is_success(pred, batch.y[rows], target)
             if not todo.any():
                 break
-            best[todo], pred[todo] = self._stream(batch.part(todo), eps[todo], generator, window)
+            best[todo], pred[todo] = self._stream(batch, eps[todo], generator, window, rows[todo])
         return best, pred
 
     def _runner(self, batch: Batch, keep: bool, batch_size: int | None) -> SweepRunner:
@@ -158,10 +169,12 @@ class IterativeAttack(Attack):
 
         def run(idx: Tensor, eps: float) -> tuple[Tensor, Tensor | None]:
             generator = self._generator(batch.x.device)
-            parts = [batch.part(idx)] if not keep else batch.part(idx).parts(batch_size)
+            if not keep:  # the windows read the samples idx of the batch: no copy of them all
+                eps_rows = self._eps_tensor(batch.x, eps)[idx]
+                return self._attack(batch, eps_rows, generator, True, batch_size, rows=idx)
             outs = [
-                self._attack(part, self._eps_tensor(part.x, eps), generator, not keep, batch_size)
-                for part in parts
+                self._attack(part, self._eps_tensor(part.x, eps), generator, False, batch_size)
+                for part in batch.part(idx).parts(batch_size)
             ]
             return join_parts([adv for adv, _ in outs], [pred for _, pred in outs])
 
@@ -222,17 +235,24 @@ class IterativeAttack(Attack):
         return work.x_adv, None
 
     def _stream(
-        self, batch: Batch, eps: Tensor, generator: torch.Generator | None, window: int
+        self,
+        batch: Batch,
+        eps: Tensor,
+        generator: torch.Generator | None,
+        window: int,
+        rows: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Early-stopping run: samples leave at their first successful iterate.
+        """Early-stopping run on ``batch``'s samples ``rows``: they leave at their first
+        successful iterate; returns their adversarials and predictions, in ``rows`` order.
 
         At most ``window`` samples are worked on at once; a sample that succeeds (or has used
         all its steps and been checked) frees its slot for the next one in the queue, so the
         model keeps seeing full batches (small batches cost more per image on many backends).
+        A sample is read from ``batch`` when admitted, so the rows are never copied at once.
         """
         x = batch.x
-        total = x.shape[0]
-        out = torch.empty_like(x)
+        total = rows.shape[0]
+        out = x.new_empty((total, *x.shape[1:]))
         pred = torch.empty(total, dtype=torch.long, device=x.device)
         admitted = 0
         work: _Work | None = None
@@ -241,7 +261,7 @@ class IterativeAttack(Attack):
             if free > 0 and admitted < total:
                 new = torch.arange(admitted, min(total, admitted + free), device=x.device)
                 admitted += new.shape[0]
-                fresh = self._new_work(batch.part(new), new, eps[new], generator)
+                fresh = self._new_work(batch.part(rows[new]), new, eps[new], generator)
                 work = fresh if work is None else work.extend(fresh)
             if work is None or len(work) == 0:
                 return out, pred

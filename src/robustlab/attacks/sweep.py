@@ -22,6 +22,7 @@ Work saved:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -44,6 +45,11 @@ from robustlab.errors import UserError
 T = TypeVar("T")
 
 STREAM_WINDOWS = 8  # batches per chunk when samples stream (fewer half-empty tail batches)
+# At most this many bytes of float32 pixels per streamed chunk (whole batches, at least one). A
+# chunk is held twice (its images, the adversarials found): at 224 px eight windows of 64 cost
+# 0.4 GB more than three. RGB images up to 147 px in batches of 64 still get all eight windows,
+# so their chunks (and per-chunk seeds, hence results) are as before.
+STREAM_CHUNK_BYTES = 128 * 2**20
 
 
 @dataclasses.dataclass
@@ -207,7 +213,9 @@ class _Step:
         if new_pred is None:
             new_pred = self.view.predict(new_adv, self.batch_size)
         current.pred[idx] = new_pred
-        current.linf[idx], current.l2[idx] = _delta_norms(new_adv, self.x, idx, self.batch_size)
+        current.linf[idx], current.l2[idx] = _delta_norms(
+            new_adv, self.x, idx, self.batch_size, overwrite=not self.keep_adversarials
+        )
         if self.keep_adversarials:
             current.adv[idx] = new_adv
         if self.view.stage is None:
@@ -217,15 +225,16 @@ class _Step:
 
 
 def _delta_norms(
-    new_adv: Tensor, x: Tensor, idx: Tensor, size: int | None
+    new_adv: Tensor, x: Tensor, idx: Tensor, size: int | None, *, overwrite: bool = False
 ) -> tuple[Tensor, Tensor]:
-    """L-inf and L2 norms ``(len(idx),)`` of ``new_adv - x[idx]``, with one temporary.
+    """L-inf and L2 norms ``(len(idx),)`` of ``new_adv - x[idx]``, with at most one temporary.
 
     ``x[idx]`` and ``delta.abs()`` would each be one more float copy of a whole chunk (+0.6 GB
     at 1 024 x 224 px); the subtraction is gathered a batch at a time into the one buffer, and
-    the norms still reduce it whole, so every value is bit-identical.
+    the norms still reduce it whole, so every value is bit-identical. ``overwrite``: the
+    adversarials are not kept, so that buffer is ``new_adv`` itself (the runner's own tensor).
     """
-    delta = torch.empty_like(new_adv)
+    delta = new_adv if overwrite else torch.empty_like(new_adv)
     for part in chunks(len(idx), size):
         torch.sub(new_adv[part], x[idx[part]], out=delta[part])
     l2 = flat_norm(delta, "l2")  # first: the L-inf norm below overwrites delta
@@ -255,7 +264,8 @@ class SweepOptions:
 
     target: ``None``, a class index or ``(N,)`` target classes.
     batch_size: the most images the model sees at once; with ``keep_adversarials=False`` a
-        chunk holds ``STREAM_WINDOWS`` batches so early-stopped samples are replaced by new ones.
+        chunk holds up to ``STREAM_WINDOWS`` batches (``STREAM_CHUNK_BYTES`` of pixels) so
+        early-stopped samples are replaced by new ones.
     keep_adversarials, worst_case: as ``sweep``.
     device: where batches are moved (the model must already be there).
     progress: a progress bar over the chunks.
@@ -342,15 +352,25 @@ def sweep_chunks(
         )
         return reduce(part, x, result)
 
-    # without adversarials to keep, a chunk holds several windows that samples stream through
-    chunk = batch_size if chosen.keep_adversarials else batch_size * STREAM_WINDOWS
     return map_chunks(
         run_chunk,
         images.shape[0],
-        chunk,
+        chunk_size(images.shape, batch_size, chosen.keep_adversarials),
         store=chosen.store,
         progress=f"{attack.name} sweep" if chosen.progress else None,
     )
+
+
+def chunk_size(shape: Sequence[int], batch_size: int, keep_adversarials: bool) -> int:
+    """Images per chunk of a sweep over a data set of ``shape`` ``(N, C, H, W)``.
+
+    Kept adversarials are a result: a chunk is one batch. Without them, a chunk holds several
+    windows that samples stream through, as many as ``STREAM_CHUNK_BYTES`` allow.
+    """
+    if keep_adversarials:
+        return batch_size
+    batch_bytes = batch_size * math.prod(shape[1:]) * 4  # float32 pixels
+    return batch_size * max(1, min(STREAM_WINDOWS, STREAM_CHUNK_BYTES // batch_bytes))
 
 
 def _checked_dataset(images: Tensor, labels: Tensor, target: Any) -> tuple[Tensor, Tensor, Any]:
