@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/bench_data_scale.py --preset issue-12k   # 12 000 x 224 px only
     .venv/bin/python benchmarks/bench_data_scale.py --preset small --attack-steps 1  # small box
     .venv/bin/python benchmarks/bench_data_scale.py --images 1000 4000 --size 128 --untrained
+    .venv/bin/python benchmarks/bench_data_scale.py --preset issue-12k --workdir W --skip train \
+        memory nproc throughput   # attack W's trained 12 000-image run again (after a change)
 
 Writes ``images.npy`` + ``labels.npy`` folders of N uint8 RGB images (10 classes, a colour per
 class plus noise) and measures, side by side in one run:
@@ -231,6 +233,9 @@ def measure_sizes(bench: Bench, args: argparse.Namespace) -> None:
         run_dir = bench.work / f"run-{n}-{args.size}"
         if args.untrained:
             untrained_run(data, run_dir)
+        elif "train" in args.skip:  # attack what an earlier run of this bench trained
+            if not (run_dir / "model.safetensors").exists():
+                raise SystemExit(f"--skip train: no trained run in {run_dir} (train it first)")
         else:
             bench.run(
                 f"train {n}",
@@ -363,7 +368,8 @@ def main() -> int:
         "--skip",
         nargs="*",
         default=[],
-        choices=["memory", "nproc", "attack-nproc", "throughput"],
+        choices=["train", "memory", "nproc", "attack-nproc", "throughput"],
+        help="train: attack the runs an earlier run trained in --workdir (their rows are left out)",
     )
     parser.add_argument("--workdir", type=Path, help="where the data and runs go (a temp dir)")
     args = parser.parse_args()

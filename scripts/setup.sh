@@ -36,6 +36,8 @@ TCMALLOC=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4
 if [ -e "$TCMALLOC" ] && [[ "${LD_PRELOAD:-}" != *tcmalloc* ]]; then
   export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+:$LD_PRELOAD}"
 fi
+# free pages back to the system at tcmalloc's fastest gradual rate (robustlab/allocator.py)
+export TCMALLOC_RELEASE_RATE="${TCMALLOC_RELEASE_RATE:-10}"
 
 # Data sets: ../shared/data beside the checkout unless the user points elsewhere.
 if [ -z "${ROBUSTLAB_DATA_DIR:-}" ] && [ -d "$ROOT/../shared/data" ]; then

@@ -10,7 +10,8 @@ different sizes all the time, and that cache grew its peak by 0.9 GB over glibc'
 vs 2.69). Rate 10, the fastest gradual release, cut it to 3.24 GB at the same speed, and left
 training's peak and speed unchanged (issue 13; ``benchmarks/bench_data_scale.py``). Returning
 every free page at once (``TCMALLOC_AGGRESSIVE_DECOMMIT``) reaches glibc's peak but was 1.8x
-slower: the page faults tcmalloc is here to avoid. A rate set in the environment is kept.
+slower: the page faults tcmalloc is here to avoid. A rate set in the environment is kept;
+``scripts/setup.sh``, which preloads tcmalloc itself, sets the same default.
 """
 
 from __future__ import annotations
