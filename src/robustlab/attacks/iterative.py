@@ -49,8 +49,6 @@ class _Work:
     target: Tensor | None  # (A,)
     eps: Tensor  # (A, 1, 1, 1)
     alpha: Tensor  # (A, 1, 1, 1) step size
-    lower: Tensor  # (A, C, H, W) box and Linf ball, intersected
-    upper: Tensor
     count: Tensor  # (A,) steps taken so far
     momentum: Tensor | None = None  # MI-FGSM's accumulated gradient
     reference: Tensor | None = None  # (A, K) clean prediction, for loss 'kl' (TRADES)
@@ -106,10 +104,17 @@ class IterativeAttack(Attack):
         return 1
 
     def _step(self, work: _Work, grad: Tensor) -> None:
-        """Signed-gradient step then projection, in place on ``work.x_adv``."""
+        """Signed-gradient step then projection, in place on ``work.x_adv``; overwrites ``grad``.
+
+        The bounds (the Linf ball and the box, intersected) are computed here, in the spent
+        gradient's buffer, instead of being kept per sample: two window-sized tensors fewer
+        alive during every backward pass (0.08 GB at 224 px, batch 64), the same values.
+        """
         work.x_adv.addcmul_(grad.sign_(), work.alpha)
-        torch.minimum(work.x_adv, work.upper, out=work.x_adv)
-        torch.maximum(work.x_adv, work.lower, out=work.x_adv)
+        bound = torch.add(work.x, work.eps, out=grad).clamp_(max=1.0)  # upper
+        torch.minimum(work.x_adv, bound, out=work.x_adv)
+        torch.sub(work.x, work.eps, out=bound).clamp_(min=0.0)  # lower
+        torch.maximum(work.x_adv, bound, out=work.x_adv)
 
     def _attack(
         self,
@@ -209,8 +214,6 @@ class IterativeAttack(Attack):
             target=batch.target,
             eps=eps,
             alpha=self._alpha(eps),
-            lower=(x - eps).clamp_(min=0.0),
-            upper=(x + eps).clamp_(max=1.0),
             count=torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
             momentum=self._momentum(x),
             reference=reference,

@@ -47,9 +47,10 @@ T = TypeVar("T")
 STREAM_WINDOWS = 8  # batches per chunk when samples stream (fewer half-empty tail batches)
 # At most this many bytes of float32 pixels per streamed chunk (whole batches, at least one). A
 # chunk is held twice (its images, the adversarials found): at 224 px eight windows of 64 cost
-# 0.4 GB more than three. RGB images up to 147 px in batches of 64 still get all eight windows,
-# so their chunks (and per-chunk seeds, hence results) are as before.
-STREAM_CHUNK_BYTES = 128 * 2**20
+# 0.45 GB more than two. RGB images up to 128 px in batches of 64 (96 px in batches of 100, the
+# leaf study's) still get all eight windows, so their chunks, per-chunk seeds and results are
+# as before.
+STREAM_CHUNK_BYTES = 96 * 2**20
 
 
 @dataclasses.dataclass
